@@ -1,0 +1,426 @@
+//! The OVS data model Linen owns, in one place for every binary (the plugin and flaxd).
+//!
+//! What Linen creates: one Bridge (`fail_mode=standalone`, a datapath type), its internal
+//! Port/Interface (same name as the bridge; that link is enslaved to the pods' Linux
+//! bridge), one VXLAN Port/Interface per remote VTEP, and optionally one Controller row.
+//! Every row carries [`OWNER_KEY`]=[`OWNER_VALUE`] in `external_ids`; rows without it are
+//! never modified or deleted. A tunnel is identified by its remote address
+//! ([`REMOTE_KEY`]), never by parsing its name, and records who manages it
+//! ([`SOURCE_KEY`]): the plugin's `vtepIPs` or flaxd's membership.
+//!
+//! [`plan`] is pure: desired state + observed rows -> the operations to apply.
+//! Applying them is `crate::ovs`' job.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use crate::config::{Datapath, TunnelKey};
+use crate::naming::tunnel_port_name;
+
+/// `external_ids` key marking a row as Linen's.
+pub const OWNER_KEY: &str = "linen-owner";
+/// Value of [`OWNER_KEY`].
+pub const OWNER_VALUE: &str = "linen";
+/// `external_ids` key naming the row's role: `bridge`, `internal`, `tunnel`, `controller`.
+pub const ROLE_KEY: &str = "linen-role";
+/// `external_ids` key holding a tunnel's remote VTEP address.
+pub const REMOTE_KEY: &str = "linen-remote-ip";
+/// `external_ids` key naming who manages a tunnel (see [`Source`]).
+pub const SOURCE_KEY: &str = "linen-source";
+/// `external_ids` key naming the peer node of a flaxd-managed tunnel.
+pub const PEER_KEY: &str = "linen-peer";
+/// The bridge's fail mode: NORMAL switching when no controller is connected.
+pub const FAIL_MODE: &str = "standalone";
+
+/// Who manages a tunnel, and so who may remove it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Source {
+    /// The plugin's static `vtepIPs`.
+    CniConfig,
+    /// flaxd's cluster membership.
+    Flaxd,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::CniConfig => "cni-config",
+            Source::Flaxd => "flaxd",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "cni-config" => Some(Source::CniConfig),
+            "flaxd" => Some(Source::Flaxd),
+            _ => None,
+        }
+    }
+}
+
+/// The bridge Linen wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeSpec {
+    pub name: String,
+    pub datapath: Datapath,
+    /// An OVS controller target; `None` removes Linen's controller rows.
+    pub controller: Option<String>,
+}
+
+impl BridgeSpec {
+    pub fn external_ids(&self) -> BTreeMap<String, String> {
+        owned_ids("bridge")
+    }
+
+    /// `external_ids` of the bridge's internal Port and Interface.
+    pub fn internal_external_ids(&self) -> BTreeMap<String, String> {
+        owned_ids("internal")
+    }
+
+    pub fn controller_external_ids() -> BTreeMap<String, String> {
+        owned_ids("controller")
+    }
+}
+
+/// One VXLAN tunnel Linen wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelSpec {
+    pub remote: IpAddr,
+    pub key: TunnelKey,
+    /// Protected ports never forward to each other: a mesh cannot loop. Only a hub leaves
+    /// its tunnels unprotected, to relay between spokes.
+    pub protected: bool,
+    pub source: Source,
+    pub peer: Option<String>,
+}
+
+impl TunnelSpec {
+    /// The port (and interface) name, by the one naming rule.
+    pub fn name(&self) -> String {
+        tunnel_port_name(self.remote)
+    }
+
+    /// The Interface `options` column.
+    pub fn options(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("remote_ip".to_owned(), self.remote.to_string()),
+            ("key".to_owned(), self.key.as_ovs()),
+        ])
+    }
+
+    /// The Port and Interface `external_ids` column.
+    pub fn external_ids(&self) -> BTreeMap<String, String> {
+        let mut ids = owned_ids("tunnel");
+        ids.insert(REMOTE_KEY.to_owned(), self.remote.to_string());
+        ids.insert(SOURCE_KEY.to_owned(), self.source.as_str().to_owned());
+        if let Some(peer) = &self.peer {
+            ids.insert(PEER_KEY.to_owned(), peer.clone());
+        }
+        ids
+    }
+}
+
+fn owned_ids(role: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (OWNER_KEY.to_owned(), OWNER_VALUE.to_owned()),
+        (ROLE_KEY.to_owned(), role.to_owned()),
+    ])
+}
+
+/// Whether a row's `external_ids` mark it as Linen's.
+pub fn is_owned(external_ids: &BTreeMap<String, String>) -> bool {
+    external_ids.get(OWNER_KEY).map(String::as_str) == Some(OWNER_VALUE)
+}
+
+/// A Bridge row as read from OVSDB, with the rows it references.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservedBridge {
+    pub uuid: String,
+    pub name: String,
+    pub datapath_type: String,
+    pub fail_mode: Option<String>,
+    pub external_ids: BTreeMap<String, String>,
+    pub controllers: Vec<ObservedController>,
+    pub ports: Vec<ObservedPort>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservedController {
+    pub uuid: String,
+    pub target: String,
+    pub external_ids: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservedPort {
+    pub uuid: String,
+    pub name: String,
+    pub protected: bool,
+    pub external_ids: BTreeMap<String, String>,
+    pub interfaces: Vec<ObservedInterface>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservedInterface {
+    pub uuid: String,
+    pub name: String,
+    pub kind: String,
+    pub options: BTreeMap<String, String>,
+    pub external_ids: BTreeMap<String, String>,
+}
+
+impl ObservedPort {
+    /// The remote address of a Linen tunnel port, from its `external_ids`.
+    pub fn tunnel_remote(&self) -> Option<IpAddr> {
+        if !is_owned(&self.external_ids) {
+            return None;
+        }
+        self.external_ids.get(REMOTE_KEY)?.parse().ok()
+    }
+
+    pub fn source(&self) -> Option<Source> {
+        self.external_ids
+            .get(SOURCE_KEY)
+            .and_then(|s| Source::parse(s))
+    }
+}
+
+impl ObservedBridge {
+    /// Linen's tunnel ports on this bridge, by remote address.
+    pub fn owned_tunnels(&self) -> BTreeMap<IpAddr, &ObservedPort> {
+        self.ports
+            .iter()
+            .filter_map(|p| p.tunnel_remote().map(|r| (r, p)))
+            .collect()
+    }
+}
+
+/// One change to apply. Uuids are those of the observed rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Insert the bridge with its internal port, the tunnels and the controller.
+    CreateBridge {
+        spec: BridgeSpec,
+        tunnels: Vec<TunnelSpec>,
+    },
+    /// Set the bridge's fail mode to standalone.
+    SetFailMode {
+        bridge: String,
+    },
+    /// Re-add the bridge's internal port, which someone removed.
+    AddInternalPort {
+        bridge: String,
+    },
+    /// Replace Linen's controller rows: keep `keep` (rows Linen does not own), add `add`.
+    SetControllers {
+        bridge: String,
+        keep: Vec<String>,
+        add: Option<String>,
+    },
+    AddTunnel {
+        bridge: String,
+        tunnel: TunnelSpec,
+    },
+    /// Rewrite a tunnel's options and protection in place.
+    UpdateTunnel {
+        port: String,
+        interface: String,
+        tunnel: TunnelSpec,
+    },
+    DeleteTunnel {
+        bridge: String,
+        port: String,
+        name: String,
+        remote: IpAddr,
+    },
+}
+
+/// Why the observed state cannot be made what Linen wants without touching others' rows.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    #[error(
+        "OVS bridge {bridge} exists but was not created by Linen (no {OWNER_KEY}={OWNER_VALUE} in external_ids); refusing to modify it"
+    )]
+    BridgeNotOwned { bridge: String },
+    #[error(
+        "OVS bridge {bridge} has datapath_type {have:?} but the configuration asks for {want:?}"
+    )]
+    DatapathMismatch {
+        bridge: String,
+        have: String,
+        want: &'static str,
+    },
+    #[error(
+        "cannot add the tunnel to {remote}: an OVS port named {name} already exists ({holder})"
+    )]
+    NameTaken {
+        name: String,
+        remote: IpAddr,
+        holder: String,
+    },
+}
+
+/// What the caller knows about ports outside the bridge: name -> owning bridge's name.
+pub type PortsElsewhere = BTreeMap<String, String>;
+
+/// Computes the operations that take `observed` to `spec` + `tunnels`.
+///
+/// Tunnels are matched by remote address. Owned tunnels whose source is `prune` and whose
+/// remote is not wanted are deleted; tunnels from the other source are left alone. Rows
+/// Linen does not own are never changed: a conflict is an error.
+pub fn plan(
+    spec: &BridgeSpec,
+    tunnels: &[TunnelSpec],
+    observed: Option<&ObservedBridge>,
+    elsewhere: &PortsElsewhere,
+    prune: Option<Source>,
+) -> Result<Vec<Op>, PlanError> {
+    let Some(obs) = observed else {
+        for t in tunnels {
+            check_free(&t.name(), t.remote, None, elsewhere)?;
+        }
+        return Ok(vec![Op::CreateBridge {
+            spec: spec.clone(),
+            tunnels: tunnels.to_vec(),
+        }]);
+    };
+    if !is_owned(&obs.external_ids) {
+        return Err(PlanError::BridgeNotOwned {
+            bridge: obs.name.clone(),
+        });
+    }
+    let want_dp = spec.datapath.as_ovs();
+    // An empty datapath_type means "system" to ovs-vswitchd.
+    let have_dp = if obs.datapath_type.is_empty() {
+        "system"
+    } else {
+        obs.datapath_type.as_str()
+    };
+    if have_dp != want_dp {
+        return Err(PlanError::DatapathMismatch {
+            bridge: obs.name.clone(),
+            have: obs.datapath_type.clone(),
+            want: want_dp,
+        });
+    }
+
+    let mut ops = Vec::new();
+    let bridge = obs.name.clone();
+    if obs.fail_mode.as_deref() != Some(FAIL_MODE) {
+        ops.push(Op::SetFailMode {
+            bridge: bridge.clone(),
+        });
+    }
+    if !obs.ports.iter().any(|p| p.name == obs.name) {
+        ops.push(Op::AddInternalPort {
+            bridge: bridge.clone(),
+        });
+    }
+
+    let (owned_ctl, foreign_ctl): (Vec<_>, Vec<_>) = obs
+        .controllers
+        .iter()
+        .partition(|c| is_owned(&c.external_ids));
+    let controllers_ok = match &spec.controller {
+        Some(target) => owned_ctl.len() == 1 && &owned_ctl[0].target == target,
+        None => owned_ctl.is_empty(),
+    };
+    if !controllers_ok {
+        ops.push(Op::SetControllers {
+            bridge: bridge.clone(),
+            keep: foreign_ctl.iter().map(|c| c.uuid.clone()).collect(),
+            add: spec.controller.clone(),
+        });
+    }
+
+    let existing = obs.owned_tunnels();
+    let wanted: BTreeSet<IpAddr> = tunnels.iter().map(|t| t.remote).collect();
+    for t in tunnels {
+        let name = t.name();
+        match existing.get(&t.remote) {
+            Some(port) if port.name == name => {
+                let iface = port.interfaces.iter().find(|i| i.name == name);
+                let in_step = iface.is_some_and(|i| i.kind == "vxlan" && i.options == t.options())
+                    && port.protected == t.protected;
+                match iface {
+                    Some(i) if !in_step => ops.push(Op::UpdateTunnel {
+                        port: port.uuid.clone(),
+                        interface: i.uuid.clone(),
+                        tunnel: t.clone(),
+                    }),
+                    Some(_) => {}
+                    None => {
+                        // A port without its interface cannot carry traffic: rebuild it.
+                        ops.push(delete_op(&bridge, port, t.remote));
+                        ops.push(Op::AddTunnel {
+                            bridge: bridge.clone(),
+                            tunnel: t.clone(),
+                        });
+                    }
+                }
+            }
+            Some(port) => {
+                // Ours, under an older name: rename by delete + add in one transaction.
+                ops.push(delete_op(&bridge, port, t.remote));
+                check_free(&name, t.remote, Some(obs), elsewhere)?;
+                ops.push(Op::AddTunnel {
+                    bridge: bridge.clone(),
+                    tunnel: t.clone(),
+                });
+            }
+            None => {
+                check_free(&name, t.remote, Some(obs), elsewhere)?;
+                ops.push(Op::AddTunnel {
+                    bridge: bridge.clone(),
+                    tunnel: t.clone(),
+                });
+            }
+        }
+    }
+    if let Some(prune) = prune {
+        for (remote, port) in &existing {
+            if !wanted.contains(remote) && port.source() == Some(prune) {
+                ops.push(delete_op(&bridge, port, *remote));
+            }
+        }
+    }
+    Ok(ops)
+}
+
+fn delete_op(bridge: &str, port: &ObservedPort, remote: IpAddr) -> Op {
+    Op::DeleteTunnel {
+        bridge: bridge.to_owned(),
+        port: port.uuid.clone(),
+        name: port.name.clone(),
+        remote,
+    }
+}
+
+fn check_free(
+    name: &str,
+    remote: IpAddr,
+    obs: Option<&ObservedBridge>,
+    elsewhere: &PortsElsewhere,
+) -> Result<(), PlanError> {
+    let taken = |holder: String| PlanError::NameTaken {
+        name: name.to_owned(),
+        remote,
+        holder,
+    };
+    if let Some(port) = obs.and_then(|o| o.ports.iter().find(|p| p.name == name)) {
+        return Err(taken(match port.tunnel_remote() {
+            Some(other) => format!("Linen's tunnel to {other}"),
+            None => format!(
+                "a port of bridge {} not created by Linen",
+                obs.map_or("", |o| &o.name)
+            ),
+        }));
+    }
+    if let Some(bridge) = elsewhere.get(name) {
+        return Err(taken(format!("a port of bridge {bridge}")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

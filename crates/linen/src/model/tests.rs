@@ -1,0 +1,328 @@
+use super::*;
+
+fn spec(controller: Option<&str>) -> BridgeSpec {
+    BridgeSpec {
+        name: "br0".into(),
+        datapath: Datapath::Netdev,
+        controller: controller.map(str::to_owned),
+    }
+}
+
+fn tunnel(remote: &str, protected: bool, source: Source) -> TunnelSpec {
+    TunnelSpec {
+        remote: remote.parse().unwrap(),
+        key: TunnelKey::Flow,
+        protected,
+        source,
+        peer: None,
+    }
+}
+
+fn port_for(t: &TunnelSpec, uuid: &str) -> ObservedPort {
+    ObservedPort {
+        uuid: format!("p-{uuid}"),
+        name: t.name(),
+        protected: t.protected,
+        external_ids: t.external_ids(),
+        interfaces: vec![ObservedInterface {
+            uuid: format!("i-{uuid}"),
+            name: t.name(),
+            kind: "vxlan".into(),
+            options: t.options(),
+            external_ids: t.external_ids(),
+        }],
+    }
+}
+
+fn internal_port() -> ObservedPort {
+    ObservedPort {
+        uuid: "p-br0".into(),
+        name: "br0".into(),
+        external_ids: spec(None).internal_external_ids(),
+        ..Default::default()
+    }
+}
+
+fn observed(ports: Vec<ObservedPort>) -> ObservedBridge {
+    ObservedBridge {
+        uuid: "b".into(),
+        name: "br0".into(),
+        datapath_type: "netdev".into(),
+        fail_mode: Some("standalone".into()),
+        external_ids: spec(None).external_ids(),
+        controllers: vec![],
+        ports: std::iter::once(internal_port()).chain(ports).collect(),
+    }
+}
+
+fn none() -> PortsElsewhere {
+    PortsElsewhere::new()
+}
+
+#[test]
+fn fresh_node_creates_everything_in_one_op() {
+    let ts = vec![tunnel("10.245.2.2", true, Source::CniConfig)];
+    let ops = plan(
+        &spec(Some("tcp:10.0.0.1:6653")),
+        &ts,
+        None,
+        &none(),
+        Some(Source::CniConfig),
+    )
+    .unwrap();
+    assert_eq!(
+        ops,
+        vec![Op::CreateBridge {
+            spec: spec(Some("tcp:10.0.0.1:6653")),
+            tunnels: ts
+        }]
+    );
+}
+
+#[test]
+fn warm_node_in_step_plans_nothing() {
+    let ts = vec![
+        tunnel("10.245.2.2", true, Source::CniConfig),
+        tunnel("10.245.2.3", true, Source::CniConfig),
+    ];
+    let obs = observed(vec![port_for(&ts[0], "a"), port_for(&ts[1], "b")]);
+    let ops = plan(
+        &spec(None),
+        &ts,
+        Some(&obs),
+        &none(),
+        Some(Source::CniConfig),
+    )
+    .unwrap();
+    assert_eq!(ops, vec![]);
+}
+
+#[test]
+fn missing_tunnel_is_added_and_stale_one_of_same_source_removed() {
+    let keep = tunnel("10.245.2.2", true, Source::CniConfig);
+    let stale = tunnel("10.245.2.9", true, Source::CniConfig);
+    let flaxd = tunnel("10.245.2.8", true, Source::Flaxd);
+    let new = tunnel("10.245.2.3", true, Source::CniConfig);
+    let obs = observed(vec![
+        port_for(&keep, "a"),
+        port_for(&stale, "s"),
+        port_for(&flaxd, "f"),
+    ]);
+    let ops = plan(
+        &spec(None),
+        &[keep, new.clone()],
+        Some(&obs),
+        &none(),
+        Some(Source::CniConfig),
+    )
+    .unwrap();
+    assert_eq!(
+        ops,
+        vec![
+            Op::AddTunnel {
+                bridge: "br0".into(),
+                tunnel: new
+            },
+            Op::DeleteTunnel {
+                bridge: "br0".into(),
+                port: "p-s".into(),
+                name: stale.name(),
+                remote: stale.remote
+            },
+        ]
+    );
+}
+
+#[test]
+fn no_prune_leaves_unwanted_tunnels() {
+    let stale = tunnel("10.245.2.9", true, Source::CniConfig);
+    let obs = observed(vec![port_for(&stale, "s")]);
+    assert_eq!(
+        plan(&spec(None), &[], Some(&obs), &none(), None).unwrap(),
+        vec![]
+    );
+}
+
+#[test]
+fn protection_or_key_change_updates_in_place() {
+    let old = tunnel("10.245.2.2", true, Source::CniConfig);
+    let obs = observed(vec![port_for(&old, "a")]);
+    let mut hub = old.clone();
+    hub.protected = false;
+    let mut keyed = old.clone();
+    keyed.key = TunnelKey::Vni(7);
+    for want in [hub, keyed] {
+        let ops = plan(
+            &spec(None),
+            std::slice::from_ref(&want),
+            Some(&obs),
+            &none(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            ops,
+            vec![Op::UpdateTunnel {
+                port: "p-a".into(),
+                interface: "i-a".into(),
+                tunnel: want
+            }]
+        );
+    }
+}
+
+#[test]
+fn source_difference_alone_is_not_a_change() {
+    let by_flaxd = tunnel("10.245.2.2", true, Source::Flaxd);
+    let obs = observed(vec![port_for(&by_flaxd, "a")]);
+    let want = tunnel("10.245.2.2", true, Source::CniConfig);
+    assert_eq!(
+        plan(
+            &spec(None),
+            &[want],
+            Some(&obs),
+            &none(),
+            Some(Source::CniConfig)
+        )
+        .unwrap(),
+        vec![]
+    );
+}
+
+#[test]
+fn foreign_bridge_and_datapath_mismatch_are_refused() {
+    let mut foreign = observed(vec![]);
+    foreign.external_ids.clear();
+    assert!(matches!(
+        plan(&spec(None), &[], Some(&foreign), &none(), None),
+        Err(PlanError::BridgeNotOwned { .. })
+    ));
+    let mut system = observed(vec![]);
+    system.datapath_type = String::new();
+    assert!(matches!(
+        plan(&spec(None), &[], Some(&system), &none(), None),
+        Err(PlanError::DatapathMismatch { .. })
+    ));
+}
+
+#[test]
+fn name_held_by_a_foreign_port_is_refused() {
+    let t = tunnel("10.245.2.2", true, Source::CniConfig);
+    let mut foreign = port_for(&t, "x");
+    foreign.external_ids.clear();
+    let obs = observed(vec![foreign]);
+    let err = plan(
+        &spec(None),
+        std::slice::from_ref(&t),
+        Some(&obs),
+        &none(),
+        None,
+    )
+    .unwrap_err();
+    assert!(matches!(err, PlanError::NameTaken { .. }), "{err}");
+    assert!(err.to_string().contains("not created by Linen"), "{err}");
+
+    let elsewhere = PortsElsewhere::from([(t.name(), "br-other".to_owned())]);
+    let err = plan(
+        &spec(None),
+        std::slice::from_ref(&t),
+        None,
+        &elsewhere,
+        None,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("br-other"), "{err}");
+}
+
+#[test]
+fn renamed_tunnel_is_rebuilt_under_its_rule_name() {
+    let t = tunnel("10.245.2.2", true, Source::CniConfig);
+    let mut old = port_for(&t, "o");
+    old.name = "vxold".into();
+    old.interfaces[0].name = "vxold".into();
+    let obs = observed(vec![old]);
+    let ops = plan(
+        &spec(None),
+        std::slice::from_ref(&t),
+        Some(&obs),
+        &none(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(ops.len(), 2);
+    assert!(matches!(&ops[0], Op::DeleteTunnel { name, .. } if name == "vxold"));
+    assert!(matches!(&ops[1], Op::AddTunnel { tunnel, .. } if *tunnel == t));
+}
+
+#[test]
+fn controller_rows_follow_the_config_and_foreign_ones_stay() {
+    let ours = ObservedController {
+        uuid: "c-ours".into(),
+        target: "tcp:10.0.0.1:6653".into(),
+        external_ids: BridgeSpec::controller_external_ids(),
+    };
+    let foreign = ObservedController {
+        uuid: "c-op".into(),
+        target: "tcp:10.0.0.9:6653".into(),
+        ..Default::default()
+    };
+    let set = |keep: &[&str], add: Option<&str>| Op::SetControllers {
+        bridge: "br0".into(),
+        keep: keep.iter().map(|s| s.to_string()).collect(),
+        add: add.map(str::to_owned),
+    };
+    let cases: Vec<(Vec<ObservedController>, Option<&str>, Vec<Op>)> = vec![
+        (vec![], None, vec![]),
+        (
+            vec![],
+            Some("tcp:10.0.0.1:6653"),
+            vec![set(&[], Some("tcp:10.0.0.1:6653"))],
+        ),
+        (vec![ours.clone()], Some("tcp:10.0.0.1:6653"), vec![]),
+        (
+            vec![ours.clone()],
+            Some("tcp:10.0.0.2:6653"),
+            vec![set(&[], Some("tcp:10.0.0.2:6653"))],
+        ),
+        (vec![ours.clone()], None, vec![set(&[], None)]),
+        (vec![foreign.clone()], None, vec![]),
+        (
+            vec![foreign.clone(), ours.clone()],
+            None,
+            vec![set(&["c-op"], None)],
+        ),
+        (
+            vec![ours.clone(), ours.clone()],
+            Some("tcp:10.0.0.1:6653"),
+            vec![set(&[], Some("tcp:10.0.0.1:6653"))],
+        ),
+    ];
+    for (controllers, want, ops) in cases {
+        let mut obs = observed(vec![]);
+        obs.controllers = controllers.clone();
+        assert_eq!(
+            plan(&spec(want), &[], Some(&obs), &none(), None).unwrap(),
+            ops,
+            "{controllers:?} {want:?}"
+        );
+    }
+}
+
+#[test]
+fn repairs_fail_mode_and_internal_port() {
+    let mut obs = observed(vec![]);
+    obs.fail_mode = Some("secure".into());
+    obs.ports.clear();
+    let ops = plan(&spec(None), &[], Some(&obs), &none(), None).unwrap();
+    assert_eq!(
+        ops,
+        vec![
+            Op::SetFailMode {
+                bridge: "br0".into()
+            },
+            Op::AddInternalPort {
+                bridge: "br0".into()
+            }
+        ]
+    );
+}
