@@ -48,9 +48,9 @@ impl MonitorRequest {
     }
 
     /// These columns, every kind of change, with the initial contents.
-    pub fn columns<S: Into<String>>(cols: impl IntoIterator<Item = S>) -> Self {
+    pub fn columns<S: AsRef<str>>(cols: impl IntoIterator<Item = S>) -> Self {
         MonitorRequest {
-            columns: Some(cols.into_iter().map(Into::into).collect()),
+            columns: Some(cols.into_iter().map(|c| c.as_ref().to_string()).collect()),
             select: MonitorSelect::default(),
         }
     }

@@ -288,8 +288,8 @@ impl Operation {
     }
 
     /// Select: return only these columns. Wait: compare these columns.
-    pub fn columns<S: Into<String>>(mut self, cols: impl IntoIterator<Item = S>) -> Self {
-        let cols: Vec<String> = cols.into_iter().map(Into::into).collect();
+    pub fn columns<S: AsRef<str>>(mut self, cols: impl IntoIterator<Item = S>) -> Self {
+        let cols: Vec<String> = cols.into_iter().map(|c| c.as_ref().to_string()).collect();
         match &mut self {
             Operation::Select { columns, .. } => *columns = Some(cols),
             Operation::Wait { columns, .. } => *columns = cols,
