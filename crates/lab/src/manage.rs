@@ -1,0 +1,190 @@
+//! Operating on a lab from any process, by name and directory: status, and
+//! taking it apart (by its owner's `Cluster::down` or `Drop`, by
+//! `linen-lab down`, or before a new `up` after a crash). Teardown tolerates
+//! things already gone.
+
+use std::path::{Path, PathBuf};
+
+use crate::cluster::Error;
+use crate::netns::{self, Netns};
+use crate::node::Node;
+use crate::ovs::{Daemon, Ovs};
+use crate::spec::{is_lab_netns, underlay_netns, validate_name};
+use crate::state::{self, LabState, Opened, Owner};
+use crate::{Result, error_chain};
+
+/// Tears down the lab `name` whose directory is `dir`, whoever started it.
+/// Idempotent: a lab that is not there is success. Fails if a live process
+/// owns the lab.
+pub fn down(name: &str, dir: &Path) -> Result<()> {
+    validate_name(name)?;
+    match state::open(dir)? {
+        Opened::Busy => {
+            let owner = state::read_state(dir)
+                .ok()
+                .flatten()
+                .and_then(|s| match s.owner {
+                    Owner::Process { pid } => Some(pid),
+                    Owner::Detached => None,
+                });
+            Err(Error::Busy {
+                name: name.to_owned(),
+                dir: dir.to_path_buf(),
+                owner,
+            }
+            .into())
+        }
+        Opened::Missing => teardown(name, dir, None),
+        Opened::Locked(lock) => {
+            let state = state::read_state(dir)?;
+            match &state {
+                Some(s) if s.name != name => {
+                    return Err(Error::NotALabDir {
+                        name: name.to_owned(),
+                        dir: dir.to_path_buf(),
+                    }
+                    .into());
+                }
+                None if !state::is_empty_dir(dir) => {
+                    return Err(Error::NotALabDir {
+                        name: name.to_owned(),
+                        dir: dir.to_path_buf(),
+                    }
+                    .into());
+                }
+                _ => {}
+            }
+            teardown(name, dir, state.as_ref())?;
+            drop(lock);
+            Ok(())
+        }
+    }
+}
+
+/// The recorded state of the lab in `dir`, if there is one.
+pub fn load(dir: &Path) -> Result<Option<LabState>> {
+    Ok(state::read_state(dir)?)
+}
+
+/// A node as it is now.
+#[derive(Clone, Debug)]
+pub struct NodeStatus {
+    pub node: Node,
+    pub netns_exists: bool,
+    pub ovsdb_server: Option<i32>,
+    pub ovs_vswitchd: Option<i32>,
+}
+
+/// The lab in `dir` as recorded, with what is alive now; `None` if there is
+/// no lab there.
+pub fn status(dir: &Path) -> Result<Option<(LabState, Vec<NodeStatus>)>> {
+    let Some(state) = state::read_state(dir)? else {
+        return Ok(None);
+    };
+    let nodes = state
+        .nodes
+        .iter()
+        .map(|n| {
+            let ovs = n.ovs();
+            NodeStatus {
+                node: n.clone(),
+                netns_exists: n.netns.exists(),
+                ovsdb_server: ovs.pid(Daemon::OvsdbServer),
+                ovs_vswitchd: ovs.pid(Daemon::Vswitchd),
+            }
+        })
+        .collect();
+    Ok(Some((state, nodes)))
+}
+
+/// True if every namespace exists and every node's OVS daemons are alive.
+pub fn is_running(state: &LabState) -> bool {
+    state.underlay.netns.exists()
+        && state.nodes.iter().all(|n| {
+            let ovs = n.ovs();
+            n.netns.exists() && Daemon::ALL.iter().all(|d| ovs.pid(*d).is_some())
+        })
+}
+
+/// Stops OVS on every node found in the state or the directory, deletes the
+/// lab's namespaces, removes the directory. Keeps going past failures and
+/// reports the first.
+pub(crate) fn teardown(name: &str, dir: &Path, state: Option<&LabState>) -> Result<()> {
+    let mut first: Option<crate::Error> = None;
+    let mut note = |r: Result<()>| {
+        if let Err(e) = r {
+            tracing::warn!(lab = name, error = %error_chain(&e), "teardown step failed");
+            first.get_or_insert(e);
+        }
+    };
+    for (netns, run_dir) in run_dirs(name, dir, state) {
+        note(Ovs::new(netns, run_dir).stop().map_err(Into::into));
+    }
+    let mut owned: Vec<Netns> = state
+        .map(|s| s.nodes.iter().map(|n| n.netns.clone()).collect())
+        .unwrap_or_default();
+    owned.push(Netns::new(underlay_netns(name)));
+    // Namespaces of ours the state does not list (a lost state file) go too,
+    // unless something still runs in them.
+    for leftover in netns::list()?.into_iter().filter(|n| is_lab_netns(name, n)) {
+        let ns = Netns::new(leftover);
+        if owned.contains(&ns) {
+            continue;
+        }
+        match ns.pids() {
+            Ok(pids) if pids.is_empty() => owned.insert(0, ns),
+            Ok(pids) => tracing::warn!(netns = ns.name(), ?pids, "left alone: processes run in it"),
+            Err(e) => note(Err(e.into())),
+        }
+    }
+    // Nodes before the underlay; each deletion also removes its veth pair.
+    for ns in &owned {
+        note(ns.delete().map_err(Into::into));
+    }
+    note(state::remove_lab_dir(dir).map_err(Into::into));
+    first.map_or(Ok(()), Err)
+}
+
+/// Node run directories: from the state, plus any `n<i>` directory present.
+fn run_dirs(name: &str, dir: &Path, state: Option<&LabState>) -> Vec<(Netns, PathBuf)> {
+    let mut found: Vec<(Netns, PathBuf)> = state
+        .map(|s| {
+            s.nodes
+                .iter()
+                .map(|n| (n.netns.clone(), n.run_dir.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let netns = format!("{name}-{file}");
+            if is_lab_netns(name, &netns) && !found.iter().any(|(_, d)| *d == entry.path()) {
+                found.push((Netns::new(netns), entry.path()));
+            }
+        }
+    }
+    found
+}
+
+/// Before building in a fresh directory: namespaces with this lab's names
+/// are remains of a crash whose directory is gone, unless processes run in
+/// them (then another directory may hold a live lab of the same name).
+pub(crate) fn remove_leftover_namespaces(name: &str, dir: &Path) -> Result<()> {
+    for leftover in netns::list()?.into_iter().filter(|n| is_lab_netns(name, n)) {
+        let ns = Netns::new(leftover);
+        let pids = ns.pids()?;
+        if !pids.is_empty() {
+            return Err(Error::ForeignNamespace {
+                name: name.to_owned(),
+                netns: ns.name().to_owned(),
+                pids,
+                dir: dir.to_path_buf(),
+            }
+            .into());
+        }
+        tracing::warn!(netns = ns.name(), "removing a leftover namespace");
+        ns.delete()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,236 @@
+//! Named network namespaces, managed with iproute2.
+//!
+//! Why `ip netns` rather than `unshare` + a bind mount through nix: iproute2
+//! already owns the conventions every consumer relies on (`/var/run/netns/NAME`
+//! as a bind mount, `/run/netns` made a shared mount once so the mounts
+//! propagate, `/sys` remounted by `ip netns exec` so `/sys/class/net` shows the
+//! namespace). The CNI runtime, `ip netns exec` and podman via
+//! `nsenter --net=PATH` all find the namespace by that path. Reimplementing the
+//! mount dance would save one fork per namespace, which the lab does not need.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::cmd::{self, CmdError, command};
+
+/// Where `ip netns add` puts the bind mount of a named namespace.
+pub const NETNS_DIR: &str = "/var/run/netns";
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("create network namespace {name}")]
+    Add {
+        name: String,
+        #[source]
+        source: CmdError,
+    },
+    #[error("delete network namespace {name}")]
+    Delete {
+        name: String,
+        #[source]
+        source: CmdError,
+    },
+    #[error("list processes in network namespace {name}")]
+    Pids {
+        name: String,
+        #[source]
+        source: CmdError,
+    },
+    #[error("list network namespaces in {NETNS_DIR}")]
+    List(#[source] io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A named network namespace; a handle, creating it is `ensure`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// A handle to the namespace `name`; nothing is created.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self { name: name.into() }
+    }
+
+    /// Creates the namespace unless it exists. Idempotent.
+    pub fn ensure(name: impl Into<String>) -> Result<Self> {
+        let ns = Self::new(name);
+        if !ns.exists() {
+            cmd::run(&mut command("ip", ["netns", "add", &ns.name])).map_err(|source| {
+                Error::Add {
+                    name: ns.name.clone(),
+                    source,
+                }
+            })?;
+        }
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `/var/run/netns/NAME`, the path CNI runtimes and `nsenter --net` take.
+    pub fn path(&self) -> PathBuf {
+        Path::new(NETNS_DIR).join(&self.name)
+    }
+
+    pub fn exists(&self) -> bool {
+        self.path().exists()
+    }
+
+    /// Deletes the namespace. A missing namespace is success. Interfaces in
+    /// it (a veth end with it) go away once no process holds it any more.
+    pub fn delete(&self) -> Result<()> {
+        if !self.exists() {
+            return Ok(());
+        }
+        match cmd::run(&mut command("ip", ["netns", "del", &self.name])) {
+            Ok(_) => Ok(()),
+            // Lost a race with another deleter: gone is what was asked for.
+            Err(_) if !self.exists() => Ok(()),
+            Err(source) => Err(Error::Delete {
+                name: self.name.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// `ip netns exec NAME PROGRAM`: PROGRAM runs in the namespace with `/sys`
+    /// remounted for it, which is how OVS was verified to work here.
+    pub fn command(&self, program: &str) -> Command {
+        command("ip", ["netns", "exec", &self.name, program])
+    }
+
+    /// `nsenter --net=PATH PROGRAM`: enters only the network namespace and
+    /// leaves mounts alone (podman fails under `ip netns exec`).
+    pub fn nsenter(&self, program: &str) -> Command {
+        let net = format!("--net={}", self.path().display());
+        command("nsenter", [net.as_str(), program])
+    }
+
+    /// `ip -n NAME ...`, for link and address work in the namespace.
+    pub fn ip<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut cmd = command("ip", ["-n", &self.name]);
+        cmd.args(args);
+        cmd
+    }
+
+    /// Ids of the processes whose network namespace this is.
+    pub fn pids(&self) -> Result<Vec<i32>> {
+        if !self.exists() {
+            return Ok(Vec::new());
+        }
+        let out =
+            cmd::run(&mut command("ip", ["netns", "pids", &self.name])).map_err(|source| {
+                Error::Pids {
+                    name: self.name.clone(),
+                    source,
+                }
+            })?;
+        Ok(out
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect())
+    }
+}
+
+/// Names of all named network namespaces (the entries of `/var/run/netns`).
+pub fn list() -> Result<Vec<String>> {
+    let entries = match std::fs::read_dir(NETNS_DIR) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::List(e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(Error::List)?;
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Deletes its namespace when dropped; for tests and for rollback.
+#[derive(Debug)]
+pub struct NetnsGuard(Option<Netns>);
+
+impl NetnsGuard {
+    /// Creates (or adopts) the namespace `name` and guards it.
+    pub fn ensure(name: impl Into<String>) -> Result<Self> {
+        Netns::ensure(name).map(|ns| Self(Some(ns)))
+    }
+
+    /// Keeps the namespace: the guard no longer deletes it.
+    pub fn disarm(mut self) -> Netns {
+        self.0
+            .take()
+            .expect("guard holds its namespace until disarmed")
+    }
+}
+
+impl std::ops::Deref for NetnsGuard {
+    type Target = Netns;
+    fn deref(&self) -> &Netns {
+        self.0
+            .as_ref()
+            .expect("guard holds its namespace until disarmed")
+    }
+}
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        if let Some(ns) = self.0.take()
+            && let Err(e) = ns.delete()
+        {
+            tracing::warn!(netns = ns.name(), error = %crate::error_chain(&e), "cleanup failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_is_under_var_run_netns() {
+        assert_eq!(
+            Netns::new("lab-n1").path(),
+            PathBuf::from("/var/run/netns/lab-n1")
+        );
+    }
+
+    #[test]
+    fn commands_name_the_namespace() {
+        let ns = Netns::new("lab-n1");
+        assert_eq!(
+            cmd::describe(&ns.command("ping")),
+            "ip netns exec lab-n1 ping"
+        );
+        assert_eq!(
+            cmd::describe(&ns.ip(["link", "show"])),
+            "ip -n lab-n1 link show"
+        );
+        assert_eq!(
+            cmd::describe(&ns.nsenter("podman")),
+            "nsenter --net=/var/run/netns/lab-n1 podman"
+        );
+    }
+
+    #[test]
+    fn serializes_as_its_name() {
+        let json = serde_json::to_string(&Netns::new("a-n1")).unwrap();
+        assert_eq!(json, "\"a-n1\"");
+    }
+}

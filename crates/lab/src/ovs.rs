@@ -1,0 +1,395 @@
+//! One Open vSwitch instance (ovsdb-server + ovs-vswitchd) per node, inside the
+//! node's network namespace, with everything it writes in its own run directory.
+//!
+//! File names follow OVS's defaults (`ovs-vswitchd.pid`, `db.sock`, unixctl
+//! sockets `<daemon>.<pid>.ctl`) rather than custom ones, so that setting
+//! `OVS_RUNDIR=<run dir>` is enough for plain `ovs-vsctl` and `ovs-appctl` to
+//! reach this node's OVS. The same variable keeps ovs-vswitchd's per-bridge
+//! `<bridge>.mgmt` / `.snoop` sockets apart: every node has a `br-phy`, and
+//! without it they would all collide in `/var/run/openvswitch`.
+
+use std::fs;
+use std::io;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use thiserror::Error;
+
+use crate::cmd::{self, CmdError, command};
+use crate::netns::Netns;
+use crate::wait::{self, Timeout};
+
+/// The OVSDB schema shipped by Debian's openvswitch-common.
+pub const SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
+
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+const TERM_GRACE: Duration = Duration::from_secs(5);
+const KILL_GRACE: Duration = Duration::from_secs(2);
+/// `sockaddr_un.sun_path` holds 108 bytes including the NUL.
+const MAX_SOCKET_PATH: usize = 100;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("create OVS run directory {dir}")]
+    CreateDir {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "socket path {path} is {len} bytes, longer than a unix socket allows; choose a shorter lab directory"
+    )]
+    SocketPathTooLong { path: PathBuf, len: usize },
+    #[error("{step} for the OVS in {dir}")]
+    Command {
+        step: &'static str,
+        dir: PathBuf,
+        #[source]
+        source: CmdError,
+    },
+    #[error("{daemon} in {dir} did not become ready (see {log})")]
+    NotReady {
+        daemon: &'static str,
+        dir: PathBuf,
+        log: PathBuf,
+        #[source]
+        source: Timeout,
+    },
+    #[error("stop {daemon} (pid {pid}) of {dir}")]
+    Stop {
+        daemon: &'static str,
+        pid: i32,
+        dir: PathBuf,
+        #[source]
+        source: Timeout,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The two OVS daemons of a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Daemon {
+    OvsdbServer,
+    Vswitchd,
+}
+
+impl Daemon {
+    pub const ALL: [Daemon; 2] = [Daemon::Vswitchd, Daemon::OvsdbServer];
+
+    /// The program name, which is also its `/proc/PID/comm` and the stem of
+    /// its pid file and unixctl socket.
+    pub fn name(self) -> &'static str {
+        match self {
+            Daemon::OvsdbServer => "ovsdb-server",
+            Daemon::Vswitchd => "ovs-vswitchd",
+        }
+    }
+}
+
+/// A node's OVS: its namespace and its run directory. Holds no process handle;
+/// the pid files in the run directory are the record of what runs.
+#[derive(Clone, Debug)]
+pub struct Ovs {
+    netns: Netns,
+    dir: PathBuf,
+}
+
+impl Ovs {
+    /// A handle to the OVS whose run directory is `dir`; starts nothing.
+    pub fn new(netns: Netns, dir: impl Into<PathBuf>) -> Self {
+        Self {
+            netns,
+            dir: dir.into(),
+        }
+    }
+
+    /// Creates the database and starts ovsdb-server and ovs-vswitchd inside
+    /// the namespace, returning once both answer on their control sockets.
+    /// Not idempotent over a running instance: the caller owns a fresh `dir`.
+    pub fn start(netns: Netns, dir: impl Into<PathBuf>) -> Result<Self> {
+        let ovs = Self::new(netns, dir);
+        fs::create_dir_all(&ovs.dir).map_err(|source| Error::CreateDir {
+            dir: ovs.dir.clone(),
+            source,
+        })?;
+        let sock = ovs.db_socket();
+        let len = sock.as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            return Err(Error::SocketPathTooLong { path: sock, len });
+        }
+        let db = ovs.dir.join("conf.db");
+        if !db.exists() {
+            ovs.run(
+                "create the OVS database",
+                &mut command(
+                    "ovsdb-tool",
+                    ["create".as_ref(), db.as_os_str(), SCHEMA.as_ref()],
+                ),
+            )?;
+        }
+
+        let mut server = ovs.in_netns(Daemon::OvsdbServer.name());
+        server.arg(&db).args([
+            format!("--remote=punix:{}", sock.display()),
+            format!("--pidfile={}", ovs.pid_file(Daemon::OvsdbServer).display()),
+            format!("--log-file={}", ovs.log_file(Daemon::OvsdbServer).display()),
+            "--detach".into(),
+        ]);
+        ovs.run("start ovsdb-server", &mut server)?;
+        ovs.await_ready(Daemon::OvsdbServer, || UnixStream::connect(&sock).is_ok())?;
+        ovs.run(
+            "initialise the database",
+            ovs.vsctl().args(["--no-wait", "init"]),
+        )?;
+
+        let mut vswitchd = ovs.in_netns(Daemon::Vswitchd.name());
+        vswitchd.arg(ovs.db_url()).args([
+            format!("--pidfile={}", ovs.pid_file(Daemon::Vswitchd).display()),
+            format!("--log-file={}", ovs.log_file(Daemon::Vswitchd).display()),
+            "--detach".into(),
+        ]);
+        ovs.run("start ovs-vswitchd", &mut vswitchd)?;
+        ovs.await_ready(Daemon::Vswitchd, || ovs.answers(Daemon::Vswitchd))?;
+        tracing::info!(netns = ovs.netns.name(), dir = %ovs.dir.display(), "OVS up");
+        Ok(ovs)
+    }
+
+    pub fn netns(&self) -> &Netns {
+        &self.netns
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn db_socket(&self) -> PathBuf {
+        self.dir.join("db.sock")
+    }
+
+    /// `unix:<run dir>/db.sock`, the OVSDB remote of this node.
+    pub fn db_url(&self) -> String {
+        format!("unix:{}", self.db_socket().display())
+    }
+
+    pub fn pid_file(&self, daemon: Daemon) -> PathBuf {
+        self.dir.join(format!("{}.pid", daemon.name()))
+    }
+
+    pub fn log_file(&self, daemon: Daemon) -> PathBuf {
+        self.dir.join(format!("{}.log", daemon.name()))
+    }
+
+    /// The environment that points OVS tools at this instance.
+    pub fn env(&self) -> [(&'static str, &Path); 3] {
+        [
+            ("OVS_RUNDIR", &self.dir),
+            ("OVS_LOGDIR", &self.dir),
+            ("OVS_DBDIR", &self.dir),
+        ]
+    }
+
+    /// `ip netns exec NS PROGRAM` with this instance's environment.
+    pub fn in_netns(&self, program: &str) -> Command {
+        let mut cmd = self.netns.command(program);
+        cmd.envs(self.env());
+        cmd
+    }
+
+    // TODO: use crates/ovsdb for the lab's own OVSDB writes once it lands;
+    // ovs-vsctl costs ~10 ms a call, acceptable for harness setup only.
+    /// `ovs-vsctl --db=unix:<sock> --timeout=10`: bounded even if vswitchd dies
+    /// while ovs-vsctl waits for it to apply a change.
+    pub fn vsctl(&self) -> Command {
+        let mut cmd = command(
+            "ovs-vsctl",
+            [format!("--db={}", self.db_url()), "--timeout=10".into()],
+        );
+        cmd.envs(self.env());
+        cmd
+    }
+
+    /// `ovs-appctl -t <daemon>` resolved through `OVS_RUNDIR`.
+    pub fn appctl(&self, daemon: Daemon) -> Command {
+        let mut cmd = command("ovs-appctl", ["--timeout=2", "-t", daemon.name()]);
+        cmd.envs(self.env());
+        cmd
+    }
+
+    /// True when `daemon` answers `version` on its unixctl socket.
+    pub fn answers(&self, daemon: Daemon) -> bool {
+        cmd::succeeds(self.appctl(daemon).arg("version"))
+    }
+
+    /// The pid of `daemon` if its pid file names a live process of ours.
+    pub fn pid(&self, daemon: Daemon) -> Option<i32> {
+        let pid = read_pid(&self.pid_file(daemon))?;
+        is_ours(pid, daemon, &self.dir).then_some(pid)
+    }
+
+    /// Stops both daemons: SIGTERM, then SIGKILL after a bounded wait.
+    /// Idempotent: missing pid files and dead processes are success.
+    pub fn stop(&self) -> Result<()> {
+        let mut first_err = None;
+        for daemon in Daemon::ALL {
+            if let Err(e) = self.stop_daemon(daemon)
+                && first_err.is_none()
+            {
+                first_err = Some(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    fn stop_daemon(&self, daemon: Daemon) -> Result<()> {
+        let Some(pid) = self.pid(daemon) else {
+            return Ok(());
+        };
+        let gone = || (!is_ours(pid, daemon, &self.dir)).then_some(());
+        let what = format!("{} (pid {pid}) to exit", daemon.name());
+        // ESRCH from kill means it exited between the check and the signal.
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        if wait::until(&what, TERM_GRACE, gone).is_ok() {
+            tracing::debug!(daemon = daemon.name(), pid, "stopped");
+            return Ok(());
+        }
+        tracing::warn!(
+            daemon = daemon.name(),
+            pid,
+            "ignored SIGTERM, sending SIGKILL"
+        );
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        wait::until(&what, KILL_GRACE, gone).map_err(|source| Error::Stop {
+            daemon: daemon.name(),
+            pid,
+            dir: self.dir.clone(),
+            source,
+        })
+    }
+
+    fn await_ready(&self, daemon: Daemon, mut ready: impl FnMut() -> bool) -> Result<()> {
+        let what = format!("{} to answer", daemon.name());
+        wait::until(what, START_TIMEOUT, || ready().then_some(())).map_err(|source| {
+            Error::NotReady {
+                daemon: daemon.name(),
+                dir: self.dir.clone(),
+                log: self.log_file(daemon),
+                source,
+            }
+        })
+    }
+
+    fn run(&self, step: &'static str, cmd: &mut Command) -> Result<String> {
+        cmd::run(cmd).map_err(|source| Error::Command {
+            step,
+            dir: self.dir.clone(),
+            source,
+        })
+    }
+}
+
+fn read_pid(pid_file: &Path) -> Option<i32> {
+    fs::read_to_string(pid_file).ok()?.trim().parse().ok()
+}
+
+/// True when `pid` is a live (not zombie) `daemon` whose command line names
+/// `dir`. Guards every signal the lab sends: a recycled pid, or another lab's
+/// OVS, never matches.
+fn is_ours(pid: i32, daemon: Daemon, dir: &Path) -> bool {
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    let Ok(stat) = fs::read_to_string(proc_dir.join("stat")) else {
+        return false;
+    };
+    let Ok(cmdline) = fs::read(proc_dir.join("cmdline")) else {
+        return false;
+    };
+    process_matches(&stat, &cmdline, daemon, dir)
+}
+
+/// Pure part of `is_ours`: `stat` is `/proc/PID/stat`, `cmdline` the
+/// NUL-separated `/proc/PID/cmdline`.
+fn process_matches(stat: &str, cmdline: &[u8], daemon: Daemon, dir: &Path) -> bool {
+    // stat is "PID (COMM) STATE ..."; COMM may hold spaces and parentheses.
+    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+        return false;
+    };
+    let comm = &stat[open + 1..close];
+    let state = stat[close + 1..].split_whitespace().next();
+    if comm != daemon.name() || matches!(state, Some("Z" | "X") | None) {
+        return false;
+    }
+    let dir = dir.to_string_lossy();
+    // The run dir must appear as a path prefix in some argument (the db file,
+    // the pid file, the socket), followed by a separator.
+    cmdline
+        .split(|b| *b == 0)
+        .map(String::from_utf8_lossy)
+        .any(|arg| {
+            arg.find(dir.as_ref())
+                .is_some_and(|i| arg[i + dir.len()..].starts_with('/'))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmdline(args: &[&str]) -> Vec<u8> {
+        args.iter().flat_map(|a| a.bytes().chain([0])).collect()
+    }
+
+    #[test]
+    fn process_matching() {
+        let dir = Path::new("/run/linen-lab/a/n1");
+        let vswitchd = cmdline(&[
+            "ovs-vswitchd",
+            "unix:/run/linen-lab/a/n1/db.sock",
+            "--pidfile=/run/linen-lab/a/n1/ovs-vswitchd.pid",
+        ]);
+        let other_node = cmdline(&["ovs-vswitchd", "unix:/run/linen-lab/a/n11/db.sock"]);
+        let running = "42 (ovs-vswitchd) S 1 42";
+        let cases: &[(&str, &[u8], Daemon, bool)] = &[
+            (running, &vswitchd, Daemon::Vswitchd, true),
+            (running, &vswitchd, Daemon::OvsdbServer, false),
+            (
+                "42 (ovs-vswitchd) Z 1 42",
+                &vswitchd,
+                Daemon::Vswitchd,
+                false,
+            ),
+            ("42 (sleep) S 1 42", &vswitchd, Daemon::Vswitchd, false),
+            (running, &other_node, Daemon::Vswitchd, false),
+            (running, b"", Daemon::Vswitchd, false),
+            ("garbage", &vswitchd, Daemon::Vswitchd, false),
+        ];
+        for (i, (stat, cmd, daemon, want)) in cases.iter().enumerate() {
+            assert_eq!(process_matches(stat, cmd, *daemon, dir), *want, "case {i}");
+        }
+    }
+
+    #[test]
+    fn paths_follow_ovs_defaults() {
+        let ovs = Ovs::new(Netns::new("a-n1"), "/run/linen-lab/a/n1");
+        assert_eq!(ovs.db_url(), "unix:/run/linen-lab/a/n1/db.sock");
+        assert_eq!(
+            ovs.pid_file(Daemon::Vswitchd),
+            PathBuf::from("/run/linen-lab/a/n1/ovs-vswitchd.pid")
+        );
+        assert_eq!(
+            cmd::describe(&ovs.appctl(Daemon::OvsdbServer)),
+            "ovs-appctl --timeout=2 -t ovsdb-server"
+        );
+    }
+
+    #[test]
+    fn missing_pid_file_means_not_running_and_stop_is_ok() {
+        let dir = tempfile::tempdir().unwrap();
+        let ovs = Ovs::new(Netns::new("nonexistent"), dir.path());
+        assert_eq!(ovs.pid(Daemon::Vswitchd), None);
+        ovs.stop().unwrap();
+    }
+}

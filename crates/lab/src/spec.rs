@@ -1,0 +1,149 @@
+//! What a lab is made of: its name, size and layout, and the naming rules
+//! that keep two labs from ever colliding.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::Error;
+use crate::netns::Netns;
+use crate::node::{MAX_NODES, Node, Role};
+use crate::state::{LabState, Owner};
+use crate::underlay::Underlay;
+
+/// Where lab directories live unless a spec says otherwise.
+pub const DEFAULT_ROOT: &str = "/run/linen-lab";
+pub const DEFAULT_UNDERLAY_MTU: u32 = 1500;
+pub const MAX_NAME_LEN: usize = 32;
+
+/// How tunnels will be laid between nodes (used when pods are wired): every
+/// node to every other, or node 1 as the hub and the rest as spokes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Topology {
+    #[default]
+    Mesh,
+    Hub,
+}
+
+impl Topology {
+    fn role(self, index: u8) -> Role {
+        match (self, index) {
+            (Topology::Mesh, _) => Role::Peer,
+            (Topology::Hub, 1) => Role::Hub,
+            (Topology::Hub, _) => Role::Spoke,
+        }
+    }
+}
+
+/// What to build.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterSpec {
+    pub name: String,
+    pub nodes: usize,
+    /// How many pods each node will get once pods are wired.
+    pub pods_per_node: u16,
+    pub topology: Topology,
+    /// The lab directory itself; `None` means `/run/linen-lab/<name>`.
+    pub dir: Option<PathBuf>,
+    pub underlay_mtu: u32,
+}
+
+impl ClusterSpec {
+    /// A mesh of `nodes` nodes with defaults for everything else.
+    pub fn new(name: impl Into<String>, nodes: usize) -> Self {
+        Self {
+            name: name.into(),
+            nodes,
+            pods_per_node: 2,
+            topology: Topology::Mesh,
+            dir: None,
+            underlay_mtu: DEFAULT_UNDERLAY_MTU,
+        }
+    }
+
+    pub fn lab_dir(&self) -> PathBuf {
+        self.dir.clone().unwrap_or_else(|| default_dir(&self.name))
+    }
+
+    pub fn validate(&self) -> Result<(), Error> {
+        validate_name(&self.name)?;
+        if self.nodes == 0 || self.nodes > usize::from(MAX_NODES) {
+            return Err(Error::NodeCount { nodes: self.nodes });
+        }
+        if !(1280..=9000).contains(&self.underlay_mtu) {
+            return Err(Error::Mtu {
+                mtu: self.underlay_mtu,
+            });
+        }
+        Ok(())
+    }
+
+    /// The full state of the lab this spec describes, before anything exists.
+    pub fn plan(&self) -> LabState {
+        let dir = self.lab_dir();
+        let nodes = (1..=self.nodes)
+            .map(|i| {
+                let index = u8::try_from(i).expect("validated: at most MAX_NODES");
+                let role = self.topology.role(index);
+                Node::plan(&self.name, index, role, &dir, self.underlay_mtu)
+            })
+            .collect();
+        LabState {
+            name: self.name.clone(),
+            topology: self.topology,
+            pods_per_node: self.pods_per_node,
+            owner: Owner::Process {
+                pid: std::process::id(),
+            },
+            underlay: Underlay::new(Netns::new(underlay_netns(&self.name)), self.underlay_mtu),
+            nodes,
+            dir,
+        }
+    }
+}
+
+/// `/run/linen-lab/<name>`.
+pub fn default_dir(name: &str) -> PathBuf {
+    Path::new(DEFAULT_ROOT).join(name)
+}
+
+pub(crate) fn underlay_netns(lab: &str) -> String {
+    format!("{lab}-ul")
+}
+
+/// Lab names become namespace names and path components.
+pub fn validate_name(name: &str) -> Result<(), Error> {
+    let reason = if name.is_empty() || name.len() > MAX_NAME_LEN {
+        Some("wrong length")
+    } else if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        Some("must start with a letter")
+    } else if name.ends_with('-') {
+        Some("must not end with '-'")
+    } else if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        Some("invalid character")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(Error::InvalidName {
+            name: name.to_owned(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// True if `netns` is one the lab `lab` would create: `<lab>-ul` or `<lab>-n<digits>`.
+pub fn is_lab_netns(lab: &str, netns: &str) -> bool {
+    let Some(rest) = netns.strip_prefix(lab).and_then(|r| r.strip_prefix('-')) else {
+        return false;
+    };
+    rest == "ul"
+        || rest
+            .strip_prefix('n')
+            .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+}
