@@ -3,6 +3,10 @@
 //! OVS data model, tunnel naming, MTU) and the plugin's work; `main.rs` only dispatches.
 
 pub mod config;
+pub mod error;
+pub mod link;
 pub mod model;
 pub mod mtu;
 pub mod naming;
+pub mod ovs;
+pub mod plugin;

@@ -1,0 +1,208 @@
+//! The plugin's error type and the one place where errors become CNI error codes.
+
+use crate::config::ConfigError;
+use crate::link::LinkError;
+use crate::ovs::OvsError;
+
+/// Linen's plugin-specific CNI error codes (the spec reserves 100 and up for plugins).
+pub mod code {
+    /// An OVSDB transaction or read failed for a reason other than reachability.
+    pub const OVSDB_FAILED: u32 = 100;
+    /// An OVS row or link Linen needs is held by something Linen did not create.
+    pub const CONFLICT: u32 = 101;
+    /// ovs-vswitchd did not create the bridge's internal port.
+    pub const NO_INTERNAL_PORT: u32 = 102;
+    /// CHECK found the overlay not as configured.
+    pub const CHECK_FAILED: u32 = 110;
+}
+
+/// The CNI verb an error happened in: some errors map to different codes per verb.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Add,
+    Check,
+    Del,
+    Status,
+    Gc,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid linen configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error(
+        "linen is a chained plugin and needs a prevResult: list it after the bridge plugin in a conflist"
+    )]
+    NotChained,
+    #[error(
+        "prevResult has no Linux bridge among its host interfaces ({names}): list linen after the bridge plugin"
+    )]
+    NoLinuxBridge { names: String },
+    #[error("prevResult has no interface inside the container named {ifname}")]
+    NoPodInterface { ifname: String },
+    #[error("pod interface {ifname} is missing from network namespace {netns}")]
+    PodLinkMissing { ifname: String, netns: String },
+    #[error(
+        "field `mtu`: {mtu} is larger than a VXLAN tunnel can carry over this underlay (MTU {underlay}): at most {max}"
+    )]
+    MtuTooLarge { mtu: u32, max: u32, underlay: u32 },
+    #[error("the underlay MTU {underlay} is too small to carry VXLAN")]
+    UnderlayTooSmall { underlay: u32 },
+    #[error(transparent)]
+    Ovs(Box<OvsError>),
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error(
+        "OVS internal port {bridge} is already a port of Linux bridge {other}, not of {wanted}"
+    )]
+    AttachedElsewhere {
+        bridge: String,
+        other: String,
+        wanted: String,
+    },
+    #[error("ovs-vswitchd did not create the internal port of bridge {bridge}{}", why.as_ref().map(|w| format!(": {w}")).unwrap_or_default())]
+    NoInternalPort { bridge: String, why: Option<String> },
+    #[error("check failed: {0}")]
+    Check(String),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+impl From<OvsError> for Error {
+    fn from(e: OvsError) -> Self {
+        Error::Ovs(Box::new(e))
+    }
+}
+
+impl Error {
+    /// Maps an error to its CNI code. Every code Linen emits is decided here.
+    pub fn to_cni(&self, verb: Verb) -> cni::Error {
+        use cni::Error as E;
+        let msg = self.to_string();
+        // The causes the message does not already say, outermost first.
+        let mut details = Vec::new();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            let text = c.to_string();
+            if !msg.contains(&text) {
+                details.push(text);
+            }
+            cause = c.source();
+        }
+        let details = details.join(": ");
+        let code = match self {
+            Error::Ovs(ovs) => match (&**ovs, verb) {
+                (OvsError::Unreachable { .. } | OvsError::Ovsdb { .. }, Verb::Status) => {
+                    E::PLUGIN_NOT_AVAILABLE
+                }
+                (
+                    OvsError::Unreachable { .. }
+                    | OvsError::NotApplied { .. }
+                    | OvsError::Contended { .. },
+                    _,
+                ) => E::TRY_AGAIN_LATER,
+                (OvsError::Conflict(_), _) => code::CONFLICT,
+                (OvsError::Ovsdb { .. }, _) => code::OVSDB_FAILED,
+            },
+            Error::Config(_)
+            | Error::NotChained
+            | Error::NoLinuxBridge { .. }
+            | Error::NoPodInterface { .. }
+            | Error::MtuTooLarge { .. }
+            | Error::UnderlayTooSmall { .. } => E::INVALID_NETWORK_CONFIG,
+            Error::PodLinkMissing { .. } if verb == Verb::Check => code::CHECK_FAILED,
+            Error::PodLinkMissing { .. } => E::UNKNOWN_CONTAINER,
+            Error::AttachedElsewhere { .. } => code::CONFLICT,
+            Error::NoInternalPort { .. } => code::NO_INTERNAL_PORT,
+            Error::Check(_) => code::CHECK_FAILED,
+            Error::Link(_) | Error::Runtime(_) => E::IO_FAILURE,
+        };
+        E::new(code, msg, details)
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes() {
+        let unreachable = || {
+            Error::from(OvsError::Unreachable {
+                addr: "unix:/nope".into(),
+                source: ovsdb::Error::Closed,
+            })
+        };
+        let cases: Vec<(Error, Verb, u32)> = vec![
+            (Error::NotChained, Verb::Add, 7),
+            (Error::Config(ConfigError::BadVni(1 << 30)), Verb::Add, 7),
+            (Error::NoLinuxBridge { names: "x".into() }, Verb::Add, 7),
+            (
+                Error::MtuTooLarge {
+                    mtu: 1500,
+                    max: 1450,
+                    underlay: 1500,
+                },
+                Verb::Add,
+                7,
+            ),
+            (unreachable(), Verb::Add, 11),
+            (unreachable(), Verb::Check, 11),
+            (unreachable(), Verb::Status, 50),
+            (Error::Check("x".into()), Verb::Check, code::CHECK_FAILED),
+            (
+                Error::PodLinkMissing {
+                    ifname: "eth0".into(),
+                    netns: "/x".into(),
+                },
+                Verb::Add,
+                3,
+            ),
+            (
+                Error::PodLinkMissing {
+                    ifname: "eth0".into(),
+                    netns: "/x".into(),
+                },
+                Verb::Check,
+                code::CHECK_FAILED,
+            ),
+            (
+                Error::NoInternalPort {
+                    bridge: "br0".into(),
+                    why: None,
+                },
+                Verb::Add,
+                code::NO_INTERNAL_PORT,
+            ),
+        ];
+        for (err, verb, want) in cases {
+            let cni = err.to_cni(verb);
+            assert_eq!(cni.code, want, "{err} in {verb:?}");
+            assert_eq!(cni.msg, err.to_string());
+        }
+    }
+
+    #[test]
+    fn details_carry_the_cause() {
+        let err = Error::from(OvsError::Unreachable {
+            addr: "unix:/nope".into(),
+            source: ovsdb::Error::Closed,
+        });
+        let cni = err.to_cni(Verb::Add);
+        assert!(cni.msg.contains("unix:/nope"), "{}", cni.msg);
+        assert_eq!(cni.details, "OVSDB connection closed");
+        let io = std::io::Error::from_raw_os_error(libc::ENOENT);
+        let err = Error::from(OvsError::Unreachable {
+            addr: "unix:/nope".into(),
+            source: ovsdb::Error::Connect {
+                addr: "unix:/nope".into(),
+                source: io,
+            },
+        });
+        let cni = err.to_cni(Verb::Add);
+        assert!(cni.details.contains("No such file"), "{cni:?}");
+        assert!(!cni.details.contains("connecting to OVSDB"), "{cni:?}");
+    }
+}

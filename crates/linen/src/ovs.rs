@@ -1,0 +1,492 @@
+//! Linen's OVSDB side: read the rows [`crate::model`] describes, apply a plan in one
+//! transaction, and wait until ovs-vswitchd has acted on it.
+//!
+//! Concurrency: many plugin processes (and flaxd) may write at once. Each attempt reads,
+//! plans and writes; the write fails as a whole when the world changed under it (a unique
+//! name already inserted, the bridge's controller set no longer what was read), and the
+//! attempt is retried from a fresh read. No file lock is needed.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ovsdb::vswitch::wait::bump_next_cfg;
+use ovsdb::vswitch::{self, Bridge, Controller, Interface, Port, Table};
+use ovsdb::{Atom, Client, Condition, Datum, Mutation, Operation, Row, WaitUntil};
+use uuid::Uuid;
+
+use crate::model::{
+    self, BridgeSpec, FAIL_MODE, ObservedBridge, ObservedController, ObservedInterface,
+    ObservedPort, Op, PlanError, PortsElsewhere, Source, TunnelSpec,
+};
+
+/// How often a transaction that lost a race is retried from a fresh read.
+const MAX_ATTEMPTS: usize = 20;
+/// How long ovs-vswitchd may take to apply a change.
+pub const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum OvsError {
+    #[error("cannot reach OVSDB at {addr}")]
+    Unreachable {
+        addr: String,
+        #[source]
+        source: ovsdb::Error,
+    },
+    #[error("OVSDB {step} failed")]
+    Ovsdb {
+        step: &'static str,
+        #[source]
+        source: ovsdb::Error,
+    },
+    #[error(transparent)]
+    Conflict(#[from] PlanError),
+    #[error("OVSDB kept changing under {what} ({MAX_ATTEMPTS} attempts); giving up")]
+    Contended { what: String },
+    #[error(
+        "ovs-vswitchd did not apply configuration {target} within {timeout:?} (is ovs-vswitchd running?)"
+    )]
+    NotApplied {
+        target: i64,
+        timeout: Duration,
+        #[source]
+        source: ovsdb::Error,
+    },
+}
+
+pub type Result<T, E = OvsError> = std::result::Result<T, E>;
+
+/// What [`Ovs::ensure`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ensured {
+    /// The operations applied (empty when everything was in step).
+    pub applied: Vec<Op>,
+}
+
+/// A connection to one OVSDB server.
+#[derive(Clone)]
+pub struct Ovs {
+    client: Client,
+}
+
+impl Ovs {
+    pub async fn connect(addr: &str) -> Result<Self> {
+        let client = Client::connect(addr)
+            .await
+            .map_err(|source| OvsError::Unreachable {
+                addr: addr.to_owned(),
+                source,
+            })?;
+        Ok(Ovs { client })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Reads the bridge named `bridge` with its ports, interfaces and controllers, and the
+    /// names of ports on other bridges, in one transaction.
+    pub async fn observe(&self, bridge: &str) -> Result<(Option<ObservedBridge>, PortsElsewhere)> {
+        let ops = vec![
+            select::<Bridge>(vec![]),
+            select::<Port>(vec![]),
+            select::<Interface>(vec![]),
+            select::<Controller>(vec![]),
+        ];
+        let res = self.transact(ops, "read of the bridge").await?;
+        let rows = |i: usize| res.get(i).and_then(|r| r.rows.as_deref()).unwrap_or(&[]);
+        let decode = |e| OvsError::Ovsdb {
+            step: "decoding rows",
+            source: e,
+        };
+        let bridges = Bridge::from_select(rows(0)).map_err(decode)?;
+        let ports: BTreeMap<Uuid, Port> = Port::from_select(rows(1))
+            .map_err(decode)?
+            .into_iter()
+            .map(|p| (p.uuid, p))
+            .collect();
+        let ifaces: BTreeMap<Uuid, Interface> = Interface::from_select(rows(2))
+            .map_err(decode)?
+            .into_iter()
+            .map(|i| (i.uuid, i))
+            .collect();
+        let ctls: BTreeMap<Uuid, Controller> = Controller::from_select(rows(3))
+            .map_err(decode)?
+            .into_iter()
+            .map(|c| (c.uuid, c))
+            .collect();
+
+        let mut elsewhere = PortsElsewhere::new();
+        let mut found = None;
+        for b in bridges {
+            if b.name != bridge {
+                for p in b.ports.iter().filter_map(|u| ports.get(u)) {
+                    elsewhere.insert(p.name.clone(), b.name.clone());
+                }
+                continue;
+            }
+            found = Some(ObservedBridge {
+                uuid: b.uuid.to_string(),
+                name: b.name.clone(),
+                datapath_type: b.datapath_type.clone(),
+                fail_mode: b.fail_mode.clone(),
+                external_ids: b.external_ids.clone(),
+                controllers: b
+                    .controller
+                    .iter()
+                    .filter_map(|u| ctls.get(u))
+                    .map(|c| ObservedController {
+                        uuid: c.uuid.to_string(),
+                        target: c.target.clone(),
+                        external_ids: c.external_ids.clone(),
+                    })
+                    .collect(),
+                ports: b
+                    .ports
+                    .iter()
+                    .filter_map(|u| ports.get(u))
+                    .map(|p| ObservedPort {
+                        uuid: p.uuid.to_string(),
+                        name: p.name.clone(),
+                        protected: p.protected,
+                        external_ids: p.external_ids.clone(),
+                        interfaces: p
+                            .interfaces
+                            .iter()
+                            .filter_map(|u| ifaces.get(u))
+                            .map(|i| ObservedInterface {
+                                uuid: i.uuid.to_string(),
+                                name: i.name.clone(),
+                                kind: i.kind.clone(),
+                                options: i.options.clone(),
+                                external_ids: i.external_ids.clone(),
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            });
+        }
+        Ok((found, elsewhere))
+    }
+
+    /// Makes the bridge and tunnels what `spec` and `tunnels` say (see [`model::plan`]),
+    /// retrying lost races, and waits until ovs-vswitchd has applied the change.
+    /// Idempotent: in step, it costs one read.
+    pub async fn ensure(
+        &self,
+        spec: &BridgeSpec,
+        tunnels: &[TunnelSpec],
+        prune: Option<Source>,
+    ) -> Result<Ensured> {
+        for _ in 0..MAX_ATTEMPTS {
+            let (observed, elsewhere) = self.observe(&spec.name).await?;
+            let plan = model::plan(spec, tunnels, observed.as_ref(), &elsewhere, prune)?;
+            if plan.is_empty() {
+                return Ok(Ensured { applied: plan });
+            }
+            let mut ops = Vec::new();
+            let bridge_uuid = observed.as_ref().and_then(|b| b.uuid.parse::<Uuid>().ok());
+            for (i, op) in plan.iter().enumerate() {
+                translate(op, i, bridge_uuid, observed.as_ref(), &mut ops);
+            }
+            let next_cfg = bump_next_cfg(&mut ops);
+            match self.client.transact(vswitch::DB, ops).await {
+                Ok(res) => {
+                    // A mutate or update of the bridge that matched nothing means the bridge
+                    // went away between read and write: start over.
+                    if res.iter().any(|r| r.count == Some(0)) {
+                        tracing::debug!("bridge changed during the write; retrying");
+                        continue;
+                    }
+                    let target = next_cfg.target(&res).map_err(|source| OvsError::Ovsdb {
+                        step: "reading next_cfg",
+                        source,
+                    })?;
+                    self.wait_applied(target).await?;
+                    return Ok(Ensured { applied: plan });
+                }
+                Err(e)
+                    if e.is_constraint_violation()
+                        || e.is_timed_out()
+                        || e.is_referential_integrity_violation() =>
+                {
+                    tracing::debug!(error = %e, "lost a race with another writer; retrying");
+                    continue;
+                }
+                Err(source) => {
+                    return Err(OvsError::Ovsdb {
+                        step: "transaction",
+                        source,
+                    });
+                }
+            }
+        }
+        Err(OvsError::Contended {
+            what: format!("bridge {}", spec.name),
+        })
+    }
+
+    /// Asks ovs-vswitchd to reconfigure (bumps `next_cfg`) and waits until it has. Used
+    /// when the database is in step but a link ovs-vswitchd should have made is missing.
+    pub async fn sync(&self) -> Result<()> {
+        let mut ops = Vec::new();
+        let next_cfg = bump_next_cfg(&mut ops);
+        let res = self.transact(ops, "bump of next_cfg").await?;
+        let target = next_cfg.target(&res).map_err(|source| OvsError::Ovsdb {
+            step: "reading next_cfg",
+            source,
+        })?;
+        self.wait_applied(target).await
+    }
+
+    async fn wait_applied(&self, target: i64) -> Result<()> {
+        self.client
+            .wait_cur_cfg(target, APPLY_TIMEOUT)
+            .await
+            .map(drop)
+            .map_err(|source| OvsError::NotApplied {
+                target,
+                timeout: APPLY_TIMEOUT,
+                source,
+            })
+    }
+
+    /// The `error` column of the interface named `name`, if ovs-vswitchd set one.
+    pub async fn interface_error(&self, name: &str) -> Result<Option<String>> {
+        let res = self
+            .transact(
+                vec![select::<Interface>(vec![Condition::eq("name", name)])],
+                "read of an interface",
+            )
+            .await?;
+        let rows = res.first().and_then(|r| r.rows.as_deref()).unwrap_or(&[]);
+        let ifaces = Interface::from_select(rows).map_err(|e| OvsError::Ovsdb {
+            step: "decoding rows",
+            source: e,
+        })?;
+        Ok(ifaces.into_iter().find_map(|i| i.error))
+    }
+
+    /// A round trip to the server.
+    pub async fn echo(&self) -> Result<()> {
+        self.client.echo().await.map_err(|source| OvsError::Ovsdb {
+            step: "echo",
+            source,
+        })
+    }
+
+    async fn transact(
+        &self,
+        ops: Vec<Operation>,
+        step: &'static str,
+    ) -> Result<Vec<ovsdb::OpResult>> {
+        self.client
+            .transact(vswitch::DB, ops)
+            .await
+            .map_err(|source| OvsError::Ovsdb { step, source })
+    }
+}
+
+fn select<T: Table>(conds: Vec<Condition>) -> Operation {
+    Operation::select(T::NAME, conds).columns(T::COLUMNS.iter().copied().chain(["_uuid"]))
+}
+
+/// Appends the OVSDB operations for one planned change. `i` makes named-uuids unique.
+fn translate(
+    op: &Op,
+    i: usize,
+    bridge: Option<Uuid>,
+    observed: Option<&ObservedBridge>,
+    out: &mut Vec<Operation>,
+) {
+    let on_bridge = || vec![Condition::uuid(bridge.unwrap_or_else(Uuid::nil))];
+    match op {
+        Op::CreateBridge { spec, tunnels } => {
+            let mut ports = vec![internal_port(spec, i, out)];
+            for (j, t) in tunnels.iter().enumerate() {
+                ports.push(tunnel_port(t, &format!("{i}_{j}"), out));
+            }
+            let mut controllers = Vec::new();
+            if let Some(target) = &spec.controller {
+                controllers.push(controller(target, i, out));
+            }
+            let name = format!("br{i}");
+            let row = Bridge {
+                name: spec.name.clone(),
+                fail_mode: Some(FAIL_MODE.to_owned()),
+                datapath_type: spec.datapath.as_ovs().to_owned(),
+                external_ids: spec.external_ids(),
+                ..Default::default()
+            }
+            .to_row()
+            .with("ports", named_set(&ports))
+            .with("controller", named_set(&controllers));
+            out.push(Operation::insert(Bridge::NAME, row).uuid_name(&name));
+            out.push(Operation::mutate(
+                vswitch::OpenVSwitch::NAME,
+                vec![],
+                vec![Mutation::insert("bridges", Datum::named_uuid(&name))],
+            ));
+        }
+        Op::SetFailMode { .. } => {
+            out.push(Operation::update(
+                Bridge::NAME,
+                on_bridge(),
+                Row::new().with("fail_mode", FAIL_MODE),
+            ));
+        }
+        Op::AddInternalPort { bridge: name } => {
+            let spec = BridgeSpec {
+                name: name.clone(),
+                datapath: crate::config::Datapath::System,
+                controller: None,
+            };
+            let port = internal_port(&spec, i, out);
+            out.push(add_ports(on_bridge(), &[port]));
+        }
+        Op::SetControllers { keep, add, .. } => {
+            // Guard against a concurrent writer adding its own Controller row: the write
+            // only goes through if the column still holds what was read.
+            let read: Vec<Uuid> = observed
+                .map(|b| {
+                    b.controllers
+                        .iter()
+                        .filter_map(|c| c.uuid.parse().ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(
+                Operation::wait(
+                    Bridge::NAME,
+                    on_bridge(),
+                    vec!["controller".to_owned()],
+                    WaitUntil::Equal,
+                    vec![Row::new().with("controller", read.as_slice())],
+                )
+                .timeout_ms(0),
+            );
+            let mut set: Vec<Atom> = keep
+                .iter()
+                .filter_map(|u| u.parse::<Uuid>().ok())
+                .map(Atom::from)
+                .collect();
+            if let Some(target) = add {
+                set.push(Atom::named_uuid(controller(target, i, out)));
+            }
+            out.push(Operation::update(
+                Bridge::NAME,
+                on_bridge(),
+                Row::new().with("controller", Datum::set(set)),
+            ));
+        }
+        Op::AddTunnel { tunnel, .. } => {
+            let port = tunnel_port(tunnel, &i.to_string(), out);
+            out.push(add_ports(on_bridge(), &[port]));
+        }
+        Op::UpdateTunnel {
+            port,
+            interface,
+            tunnel,
+        } => {
+            if let (Ok(p), Ok(ifc)) = (port.parse::<Uuid>(), interface.parse::<Uuid>()) {
+                out.push(Operation::update(
+                    Interface::NAME,
+                    vec![Condition::uuid(ifc)],
+                    Row::new()
+                        .with("type", "vxlan")
+                        .with("options", &tunnel.options())
+                        .with("external_ids", &tunnel.external_ids()),
+                ));
+                out.push(Operation::update(
+                    Port::NAME,
+                    vec![Condition::uuid(p)],
+                    Row::new()
+                        .with("protected", tunnel.protected)
+                        .with("external_ids", &tunnel.external_ids()),
+                ));
+            }
+        }
+        Op::DeleteTunnel { port, .. } => {
+            if let Ok(p) = port.parse::<Uuid>() {
+                // Unreferenced Port and Interface rows are garbage-collected at commit.
+                out.push(Operation::mutate(
+                    Bridge::NAME,
+                    on_bridge(),
+                    vec![Mutation::delete("ports", Datum::uuid(p))],
+                ));
+            }
+        }
+    }
+}
+
+fn add_ports(on_bridge: Vec<Condition>, ports: &[String]) -> Operation {
+    Operation::mutate(
+        Bridge::NAME,
+        on_bridge,
+        vec![Mutation::insert("ports", named_set(ports))],
+    )
+}
+
+fn named_set(names: &[String]) -> Datum {
+    Datum::set(names.iter().map(Atom::named_uuid))
+}
+
+fn internal_port(spec: &BridgeSpec, i: usize, out: &mut Vec<Operation>) -> String {
+    let ids = spec.internal_external_ids();
+    let iface = Interface {
+        name: spec.name.clone(),
+        kind: "internal".into(),
+        external_ids: ids.clone(),
+        ..Default::default()
+    };
+    port_with(iface, false, ids, &format!("int{i}"), out)
+}
+
+fn tunnel_port(t: &TunnelSpec, tag: &str, out: &mut Vec<Operation>) -> String {
+    let iface = Interface {
+        name: t.name(),
+        kind: "vxlan".into(),
+        options: t.options(),
+        external_ids: t.external_ids(),
+        ..Default::default()
+    };
+    port_with(
+        iface,
+        t.protected,
+        t.external_ids(),
+        &format!("tun{tag}"),
+        out,
+    )
+}
+
+fn port_with(
+    iface: Interface,
+    protected: bool,
+    ids: BTreeMap<String, String>,
+    tag: &str,
+    out: &mut Vec<Operation>,
+) -> String {
+    let (iface_name, port_name) = (format!("i{tag}"), format!("p{tag}"));
+    let row = Port {
+        name: iface.name.clone(),
+        protected,
+        external_ids: ids,
+        ..Default::default()
+    }
+    .to_row()
+    .with("interfaces", Datum::named_uuid(&iface_name));
+    out.push(Operation::insert(Interface::NAME, iface.to_row()).uuid_name(&iface_name));
+    out.push(Operation::insert(Port::NAME, row).uuid_name(&port_name));
+    port_name
+}
+
+fn controller(target: &str, i: usize, out: &mut Vec<Operation>) -> String {
+    let name = format!("ctl{i}");
+    let row = Controller {
+        target: target.to_owned(),
+        external_ids: BridgeSpec::controller_external_ids(),
+        ..Default::default()
+    }
+    .to_row();
+    out.push(Operation::insert(Controller::NAME, row).uuid_name(&name));
+    name
+}

@@ -1,0 +1,378 @@
+//! The plugin's verbs. ADD ensures the shared overlay (bridge, internal port, tunnels,
+//! controller) in one OVSDB transaction, attaches the internal port to the pods' Linux
+//! bridge and fits the pod's MTU to the tunnel; CHECK verifies all of that; DEL, STATUS
+//! and GC are described on their functions.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use cni::plugin::{CmdArgs, Plugin};
+use cni::{Attachment, NetConf, types};
+
+use crate::config::LinenConfig;
+use crate::error::{Error, Result, Verb};
+use crate::link::{Link, Netlink};
+use crate::model::{self, BridgeSpec, Source, TunnelSpec};
+use crate::mtu;
+use crate::ovs::Ovs;
+
+/// The `linen` plugin.
+#[derive(Debug, Default)]
+pub struct Linen;
+
+impl Plugin for Linen {
+    fn add(&self, args: &CmdArgs) -> Result<types::Result, cni::Error> {
+        block_on(add(args)).map_err(|e| e.to_cni(Verb::Add))
+    }
+
+    /// Linen keeps no per-attachment state: the bridge, its internal port and the tunnels
+    /// are shared by every pod on the node and outlive any one of them, and the pod's
+    /// veth (whose MTU ADD may have lowered) is removed by the bridge plugin. So DEL only
+    /// validates its input; it succeeds with OVS down or everything already gone.
+    fn del(&self, args: &CmdArgs) -> Result<(), cni::Error> {
+        LinenConfig::from_json(&args.conf.raw)
+            .map(drop)
+            .map_err(|e| Error::from(e).to_cni(Verb::Del))
+    }
+
+    fn check(&self, args: &CmdArgs) -> Result<(), cni::Error> {
+        block_on(check(args)).map_err(|e| e.to_cni(Verb::Check))
+    }
+
+    /// Ready when OVSDB answers.
+    fn status(&self, conf: &NetConf) -> Result<(), cni::Error> {
+        block_on(async {
+            let cfg = LinenConfig::from_json(&conf.raw)?;
+            Ovs::connect(&cfg.ovsdb).await?.echo().await?;
+            Ok(())
+        })
+        .map_err(|e| e.to_cni(Verb::Status))
+    }
+
+    /// Nothing to collect: Linen keeps no per-attachment state (see DEL), and the shared
+    /// overlay must survive any set of valid attachments, including none.
+    fn gc(&self, conf: &NetConf, _valid: &[Attachment]) -> Result<(), cni::Error> {
+        LinenConfig::from_json(&conf.raw)
+            .map(drop)
+            .map_err(|e| Error::from(e).to_cni(Verb::Gc))
+    }
+}
+
+/// Runs one verb on a single-threaded runtime: a plugin process does one thing at a time,
+/// and a current-thread runtime starts in microseconds.
+fn block_on<T>(fut: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::Runtime)?
+        .block_on(fut)
+}
+
+/// What ADD and CHECK both work out from the configuration and the node.
+struct Plan {
+    cfg: LinenConfig,
+    bridge: BridgeSpec,
+    tunnels: Vec<TunnelSpec>,
+    /// The largest pod MTU the tunnels can carry, when the underlay MTU is known.
+    max_mtu: Option<u32>,
+    underlay_mtu: Option<u32>,
+}
+
+async fn plan(cfg: LinenConfig, nl: &Netlink) -> Result<Plan> {
+    // One list of VTEPs can serve every node of a mesh: skip this node's own addresses.
+    let local = nl.local_addresses().await?;
+    let remotes: Vec<IpAddr> = cfg
+        .vtep_ips
+        .iter()
+        .copied()
+        .filter(|ip| !local.contains(ip))
+        .collect();
+    let underlay_mtu = match cfg.underlay_mtu {
+        Some(m) => Some(m),
+        None => match remotes.first() {
+            Some(r) => nl.path_mtu(*r).await?,
+            None => None,
+        },
+    };
+    let max_mtu = match underlay_mtu {
+        Some(u) => Some(
+            mtu::max_pod_mtu(u, mtu::vxlan_overhead(&remotes))
+                .ok_or(Error::UnderlayTooSmall { underlay: u })?,
+        ),
+        None => None,
+    };
+    if let (Some(want), Some(max), Some(underlay)) = (cfg.mtu, max_mtu, underlay_mtu) {
+        if want > max {
+            return Err(Error::MtuTooLarge {
+                mtu: want,
+                max,
+                underlay,
+            });
+        }
+    }
+    let bridge = BridgeSpec {
+        name: cfg.bridge.clone(),
+        datapath: cfg.datapath,
+        controller: cfg.controller.clone(),
+    };
+    let tunnels = remotes
+        .iter()
+        .map(|&remote| TunnelSpec {
+            remote,
+            key: cfg.key,
+            protected: !cfg.is_master,
+            source: Source::CniConfig,
+            peer: None,
+        })
+        .collect();
+    Ok(Plan {
+        cfg,
+        bridge,
+        tunnels,
+        max_mtu,
+        underlay_mtu,
+    })
+}
+
+/// The pod's interfaces as prevResult and the kernel describe them.
+struct Attached {
+    linux_bridge: Link,
+    /// Index in `prevResult.interfaces` and the link of the host end of the pod's veth.
+    host_veth: Option<(usize, Link)>,
+    /// Index in `prevResult.interfaces` of the container end.
+    pod_index: usize,
+}
+
+async fn attached(prev: &types::Result, ifname: &str, nl: &Netlink) -> Result<Attached> {
+    let mut linux_bridge = None;
+    let mut host_links = Vec::new();
+    for (i, iface) in prev.interfaces.iter().enumerate() {
+        if iface.sandbox.as_deref().is_some_and(|s| !s.is_empty()) {
+            continue;
+        }
+        // The link kind decides, not the position in the list.
+        if let Some(link) = nl.link_by_name(&iface.name).await? {
+            if link.is_bridge() && linux_bridge.is_none() {
+                linux_bridge = Some(link);
+            } else {
+                host_links.push((i, link));
+            }
+        }
+    }
+    let linux_bridge = linux_bridge.ok_or_else(|| Error::NoLinuxBridge {
+        names: prev
+            .interfaces
+            .iter()
+            .map(|i| i.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+    })?;
+    let pod_index = prev
+        .interfaces
+        .iter()
+        .position(|i| i.name == ifname && i.sandbox.as_deref().is_some_and(|s| !s.is_empty()))
+        .ok_or_else(|| Error::NoPodInterface {
+            ifname: ifname.to_owned(),
+        })?;
+    let host_veth = host_links
+        .into_iter()
+        .find(|(_, l)| l.master == Some(linux_bridge.index));
+    Ok(Attached {
+        linux_bridge,
+        host_veth,
+        pod_index,
+    })
+}
+
+fn config_and_prev(args: &CmdArgs) -> Result<(LinenConfig, &types::Result)> {
+    let cfg = LinenConfig::from_json(&args.conf.raw)?;
+    let prev = args.conf.prev_result.as_ref().ok_or(Error::NotChained)?;
+    Ok((cfg, prev))
+}
+
+async fn add(args: &CmdArgs) -> Result<types::Result> {
+    let (cfg, prev) = config_and_prev(args)?;
+    let nl = Netlink::connect()?;
+    let att = attached(prev, &args.ifname, &nl).await?;
+    let plan = plan(cfg, &nl).await?;
+
+    let ovs = Ovs::connect(&plan.cfg.ovsdb).await?;
+    let ensured = ovs
+        .ensure(&plan.bridge, &plan.tunnels, Some(Source::CniConfig))
+        .await?;
+    if !ensured.applied.is_empty() {
+        tracing::info!(bridge = %plan.bridge.name, changes = ensured.applied.len(), "overlay updated");
+    }
+
+    let internal = internal_link(&plan.bridge.name, &ovs, &nl).await?;
+    match internal.master {
+        Some(m) if m == att.linux_bridge.index => {}
+        Some(other) => {
+            let other = nl
+                .link_by_index(other)
+                .await?
+                .map_or_else(|| format!("#{other}"), |l| l.name);
+            return Err(Error::AttachedElsewhere {
+                bridge: internal.name.clone(),
+                other,
+                wanted: att.linux_bridge.name.clone(),
+            });
+        }
+        None => {}
+    }
+    if internal.master != Some(att.linux_bridge.index) || !internal.up {
+        nl.enslave_and_up(&internal, &att.linux_bridge).await?;
+    }
+
+    // The pod's MTU: exactly the configured one, or lowered to what the tunnel carries.
+    let netns = args.netns.as_deref().unwrap_or(Path::new(""));
+    let pod_nl = Netlink::connect_in(netns)?;
+    let pod_link =
+        pod_nl
+            .link_by_name(&args.ifname)
+            .await?
+            .ok_or_else(|| Error::PodLinkMissing {
+                ifname: args.ifname.clone(),
+                netns: netns.display().to_string(),
+            })?;
+    let target = match (plan.cfg.mtu, plan.max_mtu) {
+        (Some(want), _) => Some(want),
+        (None, Some(max)) if pod_link.mtu > max => Some(max),
+        _ => None,
+    };
+    let mut result = prev.clone();
+    if let Some(mtu) = target {
+        // If this fails half-way the runtime's DEL removes the veth pair; nothing else
+        // per-pod was changed.
+        if pod_link.mtu != mtu {
+            pod_nl.set_mtu(&pod_link, mtu).await?;
+        }
+        result.interfaces[att.pod_index].mtu = Some(mtu);
+        if let Some((i, veth)) = &att.host_veth {
+            if veth.mtu != mtu {
+                nl.set_mtu(veth, mtu).await?;
+            }
+            result.interfaces[*i].mtu = Some(mtu);
+        }
+    }
+    Ok(result)
+}
+
+/// The bridge's internal link. When the database is in step but the link is missing
+/// (ovs-vswitchd restarted, or is still catching up), ask it to reconfigure once and look
+/// again; then report why it is missing.
+async fn internal_link(bridge: &str, ovs: &Ovs, nl: &Netlink) -> Result<Link> {
+    if let Some(link) = nl.link_by_name(bridge).await? {
+        return Ok(link);
+    }
+    ovs.sync().await?;
+    if let Some(link) = nl.link_by_name(bridge).await? {
+        return Ok(link);
+    }
+    let why = ovs.interface_error(bridge).await?.or_else(|| {
+        Some("no error reported; is datapathType right for this host (netdev without the OVS kernel module)?".into())
+    });
+    Err(Error::NoInternalPort {
+        bridge: bridge.to_owned(),
+        why,
+    })
+}
+
+async fn check(args: &CmdArgs) -> Result<()> {
+    let (cfg, prev) = config_and_prev(args)?;
+    let nl = Netlink::connect()?;
+    let att = attached(prev, &args.ifname, &nl).await?;
+    let plan = plan(cfg, &nl).await?;
+
+    let ovs = Ovs::connect(&plan.cfg.ovsdb).await?;
+    let (observed, elsewhere) = ovs.observe(&plan.bridge.name).await?;
+    let drift = model::plan(
+        &plan.bridge,
+        &plan.tunnels,
+        observed.as_ref(),
+        &elsewhere,
+        None,
+    )
+    .map_err(|e| Error::Check(e.to_string()))?;
+    if !drift.is_empty() {
+        let what: Vec<String> = drift.iter().map(describe).collect();
+        return Err(Error::Check(format!(
+            "OVS bridge {} is not as configured: {}",
+            plan.bridge.name,
+            what.join("; ")
+        )));
+    }
+    for t in &plan.tunnels {
+        if let Some(err) = ovs.interface_error(&t.name()).await? {
+            return Err(Error::Check(format!(
+                "tunnel {} to {}: ovs-vswitchd reports: {err}",
+                t.name(),
+                t.remote
+            )));
+        }
+    }
+
+    let internal = nl.link_by_name(&plan.bridge.name).await?.ok_or_else(|| {
+        Error::Check(format!(
+            "internal port {} has no link on this host",
+            plan.bridge.name
+        ))
+    })?;
+    if internal.master != Some(att.linux_bridge.index) {
+        return Err(Error::Check(format!(
+            "internal port {} is not a port of Linux bridge {}",
+            internal.name, att.linux_bridge.name
+        )));
+    }
+    if !internal.up {
+        return Err(Error::Check(format!(
+            "internal port {} is down",
+            internal.name
+        )));
+    }
+
+    let netns = args.netns.as_deref().unwrap_or(Path::new(""));
+    let pod_link = Netlink::connect_in(netns)?
+        .link_by_name(&args.ifname)
+        .await?
+        .ok_or_else(|| Error::PodLinkMissing {
+            ifname: args.ifname.clone(),
+            netns: netns.display().to_string(),
+        })?;
+    if let Some(want) = plan.cfg.mtu {
+        if pod_link.mtu != want {
+            return Err(Error::Check(format!(
+                "pod interface {} has MTU {}, configured {want}",
+                args.ifname, pod_link.mtu
+            )));
+        }
+    }
+    if let (Some(max), Some(underlay)) = (plan.max_mtu, plan.underlay_mtu) {
+        if pod_link.mtu > max {
+            return Err(Error::Check(format!(
+                "pod interface {} has MTU {} but the tunnel carries at most {max} (underlay MTU {underlay})",
+                args.ifname, pod_link.mtu
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn describe(op: &model::Op) -> String {
+    use model::Op;
+    match op {
+        Op::CreateBridge { spec, .. } => format!("bridge {} is missing", spec.name),
+        Op::SetFailMode { .. } => format!("fail_mode is not {}", model::FAIL_MODE),
+        Op::AddInternalPort { bridge } => format!("internal port {bridge} is missing"),
+        Op::SetControllers { add: Some(t), .. } => format!("controller is not {t}"),
+        Op::SetControllers { add: None, .. } => "a controller is set but none is configured".into(),
+        Op::AddTunnel { tunnel, .. } => format!("tunnel to {} is missing", tunnel.remote),
+        Op::UpdateTunnel { tunnel, .. } => format!(
+            "tunnel to {} has other options or protection",
+            tunnel.remote
+        ),
+        Op::DeleteTunnel { name, remote, .. } => {
+            format!("tunnel {name} to {remote} is not configured")
+        }
+    }
+}
