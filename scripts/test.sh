@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every Linen test on a fresh Debian bookworm machine, as root: installs what is
+# missing, checks formatting and lints, builds once in release, then runs all tests
+# (unit, integration against real OVS / CNI plugins / network namespaces, end to end).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/install-deps.sh
+
+echo "== format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --release -- -D warnings
+
+echo "== build (release, once)"
+cargo build --workspace --release --bins
+export LINEN_BIN_DIR="$PWD/target/release"
+
+echo "== tests"
+if command -v cargo-nextest >/dev/null 2>&1; then
+  cargo nextest run --workspace --release --no-fail-fast
+else
+  cargo test --workspace --release --no-fail-fast
+fi
