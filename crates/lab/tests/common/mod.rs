@@ -1,0 +1,123 @@
+//! Shared helpers for the lab's integration tests: a unique lab per test (a
+//! random name and its own temp directory), and checks that nothing is left.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use linen_lab::{ClusterSpec, Daemon, Node, netns};
+use rand::Rng;
+
+/// A lab name no other test (or run) uses, and a temp directory for it.
+pub struct TestLab {
+    pub name: String,
+    pub root: tempfile::TempDir,
+}
+
+impl TestLab {
+    pub fn new() -> Self {
+        init_tracing();
+        const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+        let mut rng = rand::rng();
+        let suffix: String = (0..6)
+            .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+            .collect();
+        Self {
+            name: format!("lt{suffix}"),
+            root: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.root.path().join(&self.name)
+    }
+
+    pub fn spec(&self, nodes: usize) -> ClusterSpec {
+        ClusterSpec {
+            dir: Some(self.dir()),
+            ..ClusterSpec::new(&self.name, nodes)
+        }
+    }
+
+    /// Namespaces whose name starts with `<lab>-`.
+    pub fn namespaces(&self) -> Vec<String> {
+        let prefix = format!("{}-", self.name);
+        netns::list()
+            .expect("list namespaces")
+            .into_iter()
+            .filter(|n| n.starts_with(&prefix))
+            .collect()
+    }
+
+    /// Asserts no namespace, no process from `pids`, and no directory is left.
+    pub fn assert_gone(&self, pids: &[i32]) {
+        assert_eq!(self.namespaces(), Vec::<String>::new(), "namespaces left");
+        let listed = run(Command::new("ip").args(["netns", "list"]));
+        assert!(
+            !listed.contains(&format!("{}-", self.name)),
+            "ip netns list still shows the lab:\n{listed}"
+        );
+        for pid in pids {
+            assert!(!alive_in(*pid, &self.dir()), "process {pid} still alive");
+        }
+        assert!(!self.dir().exists(), "lab directory left");
+    }
+}
+
+impl Drop for TestLab {
+    /// Best effort if an assertion failed half-way: leave nothing behind.
+    fn drop(&mut self) {
+        let _ = linen_lab::down(&self.name, &self.dir());
+    }
+}
+
+/// Pids from the node's pid files, both daemons.
+pub fn ovs_pids(node: &Node) -> Vec<i32> {
+    let ovs = node.ovs();
+    Daemon::ALL
+        .iter()
+        .map(|d| {
+            std::fs::read_to_string(ovs.pid_file(*d))
+                .expect("pid file")
+                .trim()
+                .parse()
+                .expect("pid")
+        })
+        .collect()
+}
+
+/// True if `pid` is a live, non-zombie process whose command line mentions `dir`.
+pub fn alive_in(pid: i32, dir: &Path) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .next();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    !matches!(state, None | Some("Z" | "X"))
+        && String::from_utf8_lossy(&cmdline).contains(dir.to_string_lossy().as_ref())
+}
+
+/// Runs `cmd`, panicking with its stderr on failure; returns stdout.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "linen_lab=info".into()),
+        )
+        .try_init();
+}
