@@ -653,6 +653,81 @@ mod tests {
     }
 
     #[test]
+    fn dispatch_answers_echo_routes_updates_and_replies() {
+        let shared = Shared::default();
+        let (out, mut out_rx) = mpsc::unbounded_channel();
+        let (mon_tx, mut mon_rx) = mpsc::unbounded_channel();
+        let (call_tx, mut call_rx) = oneshot::channel();
+        {
+            let mut st = shared.lock();
+            st.monitors.insert("m1".into(), mon_tx);
+            st.pending.insert(
+                7,
+                Pending {
+                    method: "echo".into(),
+                    tx: call_tx,
+                },
+            );
+        }
+        let feed = |v: Value| dispatch(v.to_string().as_bytes(), &shared, &out, "test");
+
+        feed(json!({"method": "echo", "params": ["x"], "id": "echo"}));
+        let reply: Value =
+            serde_json::from_slice(&out_rx.try_recv().expect("echo reply")).expect("json");
+        assert_eq!(reply, json!({"id": "echo", "result": ["x"], "error": null}));
+
+        feed(json!({"method": "steal", "params": [], "id": 3}));
+        let reply: Value =
+            serde_json::from_slice(&out_rx.try_recv().expect("refusal")).expect("json");
+        assert_eq!(reply["error"], json!("unknown method"));
+
+        feed(json!({"method": "update", "params": ["m1", {"Bridge": {}}], "id": null}));
+        let u = mon_rx.try_recv().expect("routed").expect("decoded");
+        assert!(u["Bridge"].is_empty());
+        feed(json!({"method": "update", "params": ["m1", []], "id": null}));
+        assert!(
+            mon_rx.try_recv().expect("routed").is_err(),
+            "bad updates reach the monitor as errors"
+        );
+        // Unknown monitors, junk, and replies nobody waits for are dropped without harm.
+        feed(json!({"method": "update", "params": ["m9", {}], "id": null}));
+        feed(json!({"method": "update", "params": "junk", "id": null}));
+        feed(json!({"id": 99, "result": [], "error": null}));
+        feed(json!({"id": "x", "result": []}));
+        dispatch(b"{not json", &shared, &out, "test");
+        assert!(out_rx.try_recv().is_err());
+
+        feed(json!({"id": 7, "result": ["ok"], "error": null}));
+        assert_eq!(
+            call_rx.try_recv().expect("reply").expect("ok"),
+            json!(["ok"])
+        );
+        assert!(shared.lock().pending.is_empty());
+    }
+
+    #[test]
+    fn close_ends_pending_calls_and_monitors() {
+        let shared = Shared::default();
+        let (mon_tx, mut mon_rx) = mpsc::unbounded_channel();
+        let (call_tx, mut call_rx) = oneshot::channel();
+        {
+            let mut st = shared.lock();
+            st.monitors.insert("m1".into(), mon_tx);
+            st.pending.insert(
+                1,
+                Pending {
+                    method: "transact".into(),
+                    tx: call_tx,
+                },
+            );
+        }
+        shared.close();
+        assert!(matches!(call_rx.try_recv(), Ok(Err(Error::Closed))));
+        assert!(matches!(mon_rx.try_recv(), Ok(Err(Error::Closed))));
+        assert!(shared.lock().closed);
+    }
+
+    #[test]
     fn rpc_errors_decode() {
         let e = rpc_error(
             "transact",

@@ -103,9 +103,12 @@ mod tests {
         Ok(out)
     }
 
+    /// (name, chunks as read, messages expected)
+    type Case<'a> = (&'a str, Vec<&'a [u8]>, Vec<&'a str>);
+
     #[test]
     fn splits_messages() {
-        let cases: Vec<(&str, Vec<&[u8]>, Vec<&str>)> = vec![
+        let cases: Vec<Case> = vec![
             ("one", vec![b"{\"a\":1}"], vec!["{\"a\":1}"]),
             (
                 "back to back",

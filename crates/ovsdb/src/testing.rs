@@ -73,15 +73,19 @@ pub struct OvsdbServer {
 impl OvsdbServer {
     /// Starts a server listening on `unix:<dir>/db.sock`, and returns once it accepts connections.
     pub fn start() -> io::Result<OvsdbServer> {
-        Self::start_inner(false)
+        Self::start_with_args(&[])
     }
 
-    /// Like [`OvsdbServer::start`], also listening on an ephemeral TCP port on 127.0.0.1.
+    /// Like [`OvsdbServer::start`], also listening on an ephemeral TCP port on 127.0.0.1
+    /// ([`OvsdbServer::tcp_addr`]).
     pub fn start_with_tcp() -> io::Result<OvsdbServer> {
-        Self::start_inner(true)
+        let mut server = Self::start_with_args(&["--remote=ptcp:0:127.0.0.1"])?;
+        server.tcp_port = Some(server.wait_tcp_port()?);
+        Ok(server)
     }
 
-    fn start_inner(tcp: bool) -> io::Result<OvsdbServer> {
+    /// Like [`OvsdbServer::start`], with extra ovsdb-server arguments (e.g. more `--remote`s).
+    pub fn start_with_args(extra: &[&str]) -> io::Result<OvsdbServer> {
         let dir = tempfile::Builder::new().prefix("ovsdb-t-").tempdir()?;
         let d = dir.path();
         let db = d.join("conf.db");
@@ -93,16 +97,14 @@ impl OvsdbServer {
             .arg(format!("--remote=punix:{}", d.join("db.sock").display()))
             .arg(format!("--pidfile={}", d.join("ovsdb.pid").display()))
             .arg(format!("--unixctl={}", d.join("ovsdb.ctl").display()))
-            .arg(format!("--log-file={}", d.join("ovsdb.log").display()));
-        if tcp {
-            cmd.arg("--remote=ptcp:0:127.0.0.1");
-        }
+            .arg(format!("--log-file={}", d.join("ovsdb.log").display()))
+            .args(extra);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
-        let mut server = OvsdbServer {
+        let server = OvsdbServer {
             dir,
             child: Some(child),
             tcp_port: None,
@@ -112,17 +114,19 @@ impl OvsdbServer {
             std::os::unix::net::UnixStream::connect(&sock).ok()
         })
         .ok_or_else(|| timed_out(format!("ovsdb-server socket {}", sock.display())))?;
-        if tcp {
-            let log = server.dir().join("ovsdb.log");
-            let port = eventually(Duration::from_secs(10), || {
-                let text = std::fs::read_to_string(&log).ok()?;
-                text.lines()
-                    .find_map(|l| l.split("listening on port ").nth(1)?.trim().parse().ok())
-            })
-            .ok_or_else(|| timed_out("ovsdb-server TCP port in its log".into()))?;
-            server.tcp_port = Some(port);
-        }
         Ok(server)
+    }
+
+    /// Waits for the server to log the port of a `ptcp:0:...` remote (one given on the command
+    /// line, or a Manager row's target) and returns the first one logged.
+    pub fn wait_tcp_port(&self) -> io::Result<u16> {
+        let log = self.dir().join("ovsdb.log");
+        eventually(Duration::from_secs(10), || {
+            let text = std::fs::read_to_string(&log).ok()?;
+            text.lines()
+                .find_map(|l| l.split("listening on port ").nth(1)?.trim().parse().ok())
+        })
+        .ok_or_else(|| timed_out("a TCP port in the ovsdb-server log".into()))
     }
 
     /// The run directory (db, socket, pidfile, unixctl socket, logs).

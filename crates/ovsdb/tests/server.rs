@@ -501,3 +501,38 @@ async fn wait_cur_cfg_without_vswitchd_times_out() {
     // cur_cfg 0 already satisfies target 0.
     assert_eq!(client.wait_cur_cfg(0, LONG).await.expect("reached"), 0);
 }
+
+#[tokio::test]
+async fn answers_the_servers_inactivity_probes() {
+    // A Manager remote with a 1 s probe: the server sends `echo` after 1 s idle and hangs up
+    // 1 s later if it gets no answer.
+    let server =
+        OvsdbServer::start_with_args(&["--remote=db:Open_vSwitch,Open_vSwitch,manager_options"])
+            .expect("start");
+    let admin = Client::connect(&server.unix_addr()).await.expect("connect");
+    let manager = Row::new()
+        .with("target", "ptcp:0:127.0.0.1")
+        .with("inactivity_probe", 1000);
+    admin
+        .transact(
+            DB,
+            vec![
+                Operation::insert("Manager", manager).uuid_name("m"),
+                Operation::insert(
+                    "Open_vSwitch",
+                    Row::new().with("manager_options", Datum::named_uuid("m")),
+                ),
+            ],
+        )
+        .await
+        .expect("add manager");
+    let port = server.wait_tcp_port().expect("manager port");
+    let client = Client::connect(&format!("tcp:127.0.0.1:{port}"))
+        .await
+        .expect("connect over tcp");
+    client.echo().await.expect("echo");
+    // Idle time is the point of this test: long enough for two unanswered probes to kill it.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert!(!client.is_closed(), "probes were answered");
+    client.echo().await.expect("still connected");
+}
