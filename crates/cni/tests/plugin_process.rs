@@ -74,7 +74,8 @@ fn main() {
     std::fs::copy(std::env::current_exe().unwrap(), bin.join("echo")).unwrap();
     let exec = Exec::new(vec![bin], dir.path().join("cache"));
 
-    let tests: &[(&str, fn(&Exec))] = &[
+    type Test = (&'static str, fn(&Exec));
+    let tests: &[Test] = &[
         ("chain_in_every_version", chain_in_every_version),
         ("errors_and_panics", errors_and_panics),
         ("status_and_version", status_and_version),
@@ -155,19 +156,19 @@ fn errors_and_panics(exec: &Exec) {
     }
     let e = add(json!({"address": "not-an-address"}));
     assert_eq!(e.cni_error().map(|e| e.code), Some(7), "{e}");
-    let bad_if = RuntimeConf {
+    let at_eth0 = RuntimeConf {
         ifname: "eth0".into(),
         ..rt()
     };
     let l = list("1.0.0", json!([{"type": "echo", "address": "10.5.0.2/24"}]));
     // CHECK with a cached result lacking the interface: plugin error 100.
-    exec.add_network_list(&l, &bad_if).unwrap();
+    exec.add_network_list(&l, &at_eth0).unwrap();
     let other = RuntimeConf {
         ifname: "eth1".into(),
         ..rt()
     };
     std::fs::copy(
-        exec.cache_path("echonet", &bad_if),
+        exec.cache_path("echonet", &at_eth0),
         exec.cache_path("echonet", &other),
     )
     .unwrap();
