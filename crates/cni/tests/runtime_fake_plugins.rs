@@ -315,6 +315,13 @@ fn gc_deletes_stale_attachments_then_calls_gc() {
         container_id: "keep".into(),
         ifname: "eth0".into(),
     }];
+    let cached: Vec<_> = exec
+        .cached_attachments("fakenet")
+        .unwrap()
+        .into_iter()
+        .map(|a| a.runtime_conf.container_id)
+        .collect();
+    assert_eq!(cached, ["keep", "stale"]);
     exec.gc_network_list(&l, &valid).unwrap();
     assert_eq!(f.log(), ["ADD a", "ADD a", "DEL a", "GC a"]);
     assert_eq!(

@@ -259,6 +259,12 @@ impl Exec {
         cache::read(&self.cache_dir, &list.name, rt, list.cni_version)
     }
 
+    /// Every attachment of `network` found in the cache (unreadable files
+    /// skipped), e.g. to decide what GC will delete. Read-only.
+    pub fn cached_attachments(&self, network: &str) -> Result<Vec<super::CachedAttachment>> {
+        cache::list(&self.cache_dir, network)
+    }
+
     /// Where the cached ADD result of an attachment lives.
     pub fn cache_path(&self, network: &str, rt: &RuntimeConf) -> PathBuf {
         cache::path(&self.cache_dir, network, rt)
