@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use linen_lab::{Cluster, ClusterSpec, LabState, NodeStatus, Topology};
+use linen_lab::{Cluster, ClusterSpec, LabState, NodeStatus, Owner, Topology};
 
 #[derive(Parser)]
 #[command(version, about = "A multi-node Linen cluster on one machine")]
@@ -148,12 +148,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 fn print_status(state: &LabState, nodes: &[NodeStatus]) {
     let alive = |pid: Option<i32>| pid.map_or("dead".to_owned(), |p| format!("up ({p})"));
+    let topology = match state.topology {
+        Topology::Mesh => "mesh",
+        Topology::Hub => "hub",
+    };
+    let owner = match state.owner {
+        Owner::Detached => "detached".to_owned(),
+        Owner::Process { pid } => format!("owned by pid {pid}"),
+    };
     println!(
-        "lab {} ({:?}, {} nodes, owner {:?}) in {}",
+        "lab {} ({topology}, {} nodes, {owner}) in {}",
         state.name,
-        state.topology,
         state.nodes.len(),
-        state.owner,
         state.dir.display()
     );
     println!(

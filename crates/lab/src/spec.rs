@@ -147,3 +147,105 @@ pub fn is_lab_netns(lab: &str, netns: &str) -> bool {
             .strip_prefix('n')
             .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lab_names() {
+        let ok = ["a", "lab1", "my-lab", "a234567890123456789012345678901b"];
+        for name in ok {
+            assert!(validate_name(name).is_ok(), "{name}");
+        }
+        let bad = [
+            "",
+            "1lab",
+            "-lab",
+            "lab-",
+            "Lab",
+            "la_b",
+            "la.b",
+            "la/b",
+            "a2345678901234567890123456789012b",
+        ];
+        for name in bad {
+            assert!(validate_name(name).is_err(), "{name}");
+        }
+    }
+
+    #[test]
+    fn lab_namespaces_never_match_another_lab() {
+        let cases = [
+            ("a", "a-ul", true),
+            ("a", "a-n1", true),
+            ("a", "a-n254", true),
+            ("a", "a-n", false),
+            ("a", "a-n1x", false),
+            ("a", "ab-n1", false),
+            ("a", "a-n1-ul", false),
+            ("a-n1", "a-n1", false),
+            ("a-n1", "a-n1-ul", true),
+            ("a", "b-ul", false),
+        ];
+        for (lab, netns, want) in cases {
+            assert_eq!(is_lab_netns(lab, netns), want, "{lab} {netns}");
+        }
+    }
+
+    #[test]
+    fn spec_validation() {
+        let cases = [
+            (ClusterSpec::new("a", 3), true),
+            (ClusterSpec::new("a", 0), false),
+            (ClusterSpec::new("a", 255), false),
+            (ClusterSpec::new("a", 254), true),
+            (
+                ClusterSpec {
+                    underlay_mtu: 1000,
+                    ..ClusterSpec::new("a", 1)
+                },
+                false,
+            ),
+        ];
+        for (spec, want) in cases {
+            assert_eq!(spec.validate().is_ok(), want, "{spec:?}");
+        }
+    }
+
+    #[test]
+    fn plan_names_roles_and_dir() {
+        let spec = ClusterSpec {
+            topology: Topology::Hub,
+            ..ClusterSpec::new("demo", 3)
+        };
+        let state = spec.plan();
+        assert_eq!(state.dir, PathBuf::from("/run/linen-lab/demo"));
+        assert_eq!(state.underlay.netns.name(), "demo-ul");
+        let got: Vec<(&str, Role)> = state
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str(), n.role))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("demo-n1", Role::Hub),
+                ("demo-n2", Role::Spoke),
+                ("demo-n3", Role::Spoke)
+            ]
+        );
+        assert!(
+            state
+                .nodes
+                .iter()
+                .all(|n| is_lab_netns("demo", n.netns.name()))
+        );
+        assert_eq!(state.node("n2").map(|n| n.index), Some(2));
+        assert_eq!(state.node("3").map(|n| n.index), Some(3));
+        assert_eq!(state.node("demo-n1").map(|n| n.index), Some(1));
+        assert!(state.node("n4").is_none());
+        let mesh = ClusterSpec::new("demo", 2).plan();
+        assert!(mesh.nodes.iter().all(|n| n.role == Role::Peer));
+    }
+}

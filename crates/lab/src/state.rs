@@ -266,3 +266,80 @@ fn try_lock(dir: &Path) -> Result<Option<Flock<File>>> {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::ClusterSpec;
+
+    fn planned(dir: &Path) -> LabState {
+        ClusterSpec {
+            dir: Some(dir.to_path_buf()),
+            ..ClusterSpec::new("st", 2)
+        }
+        .plan()
+    }
+
+    #[test]
+    fn claim_fresh_then_busy_then_existing() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("st");
+        let state = planned(&dir);
+
+        let Claim::Fresh(held) = claim(&dir, &state).unwrap() else {
+            panic!("first claim is fresh");
+        };
+        assert_eq!(read_state(&dir).unwrap(), Some(state.clone()));
+        // flock is per open file: a second claim, even in this process, is refused.
+        assert!(matches!(claim(&dir, &state).unwrap(), Claim::Busy(Some(_))));
+        assert!(matches!(open(&dir).unwrap(), Opened::Busy));
+        drop(held);
+
+        let Claim::Existing(_lock, Some(found)) = claim(&dir, &state).unwrap() else {
+            panic!("released lab is existing");
+        };
+        assert_eq!(found, state);
+        // No staging directories are left beside it.
+        let names: Vec<_> = fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["st"]);
+    }
+
+    #[test]
+    fn foreign_directory_is_existing_without_state() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("st");
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("precious"), "keep").unwrap();
+        let Claim::Existing(_, None) = claim(&dir, &planned(&dir)).unwrap() else {
+            panic!("a directory without state is existing, no state");
+        };
+        assert!(dir.join("precious").exists());
+    }
+
+    #[test]
+    fn remove_lab_dir_is_idempotent() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("st");
+        let Claim::Fresh(lock) = claim(&dir, &planned(&dir)).unwrap() else {
+            panic!("fresh");
+        };
+        fs::create_dir_all(dir.join("n1")).unwrap();
+        fs::write(dir.join("n1/conf.db"), "x").unwrap();
+        remove_lab_dir(&dir).unwrap();
+        assert!(!dir.exists());
+        remove_lab_dir(&dir).unwrap();
+        assert!(matches!(open(&dir).unwrap(), Opened::Missing));
+        drop(lock);
+    }
+
+    #[test]
+    fn state_round_trips_through_json() {
+        let state = planned(Path::new("/run/linen-lab/st"));
+        let json = serde_json::to_string(&state).unwrap();
+        assert!(json.contains("\"kind\":\"process\""));
+        assert_eq!(serde_json::from_str::<LabState>(&json).unwrap(), state);
+    }
+}
