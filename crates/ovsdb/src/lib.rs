@@ -23,18 +23,21 @@
 //! # Ok(()) }
 //! ```
 
+mod address;
 mod client;
 mod datum;
 mod error;
 mod framing;
 mod monitor;
 mod ops;
+mod rpc;
 mod schema;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod vswitch;
 
-pub use client::{Address, Client};
+pub use address::Address;
+pub use client::Client;
 pub use datum::{Atom, Datum, Row};
 pub use error::{Error, Result};
 pub use monitor::{

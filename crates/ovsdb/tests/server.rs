@@ -536,3 +536,18 @@ async fn answers_the_servers_inactivity_probes() {
     assert!(!client.is_closed(), "probes were answered");
     client.echo().await.expect("still connected");
 }
+
+#[tokio::test]
+async fn tcp_remote_over_ipv6_loopback_works() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipping: no IPv6 loopback on this machine");
+        return;
+    }
+    let server = OvsdbServer::start_with_args(&["--remote=ptcp:0:[::1]"]).expect("start");
+    let port = server.wait_tcp_port().expect("port");
+    let client = Client::connect(&format!("tcp:[::1]:{port}"))
+        .await
+        .expect("connect over IPv6");
+    client.echo().await.expect("echo");
+    assert!(client.list_dbs().await.expect("list").iter().any(|d| d == DB));
+}
