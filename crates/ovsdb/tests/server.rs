@@ -549,5 +549,12 @@ async fn tcp_remote_over_ipv6_loopback_works() {
         .await
         .expect("connect over IPv6");
     client.echo().await.expect("echo");
-    assert!(client.list_dbs().await.expect("list").iter().any(|d| d == DB));
+    assert!(
+        client
+            .list_dbs()
+            .await
+            .expect("list")
+            .iter()
+            .any(|d| d == DB)
+    );
 }
