@@ -32,14 +32,18 @@ pub fn random_suffix() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
 }
 
-fn command(program: &str, dir: &Path) -> Command {
-    // Debian installs the daemons in /usr/sbin, which a non-login PATH may lack.
-    let sbin = Path::new("/usr/sbin").join(program);
-    let mut cmd = Command::new(if sbin.exists() {
+/// Debian installs the daemons in /usr/sbin, which a non-login PATH may lack.
+fn program(name: &str) -> std::ffi::OsString {
+    let sbin = Path::new("/usr/sbin").join(name);
+    if sbin.exists() {
         sbin.into_os_string()
     } else {
-        program.into()
-    });
+        name.into()
+    }
+}
+
+fn command(name: &str, dir: &Path) -> Command {
+    let mut cmd = Command::new(program(name));
     // Keep every run file (bridge mgmt sockets included) inside the fixture's directory.
     cmd.env("OVS_RUNDIR", dir)
         .env("OVS_LOGDIR", dir)
@@ -200,7 +204,8 @@ impl Vswitchd {
             pidfile: pidfile.clone(),
         };
         let mut cmd = command("ip", d);
-        cmd.args(["netns", "exec", &guard.netns, "ovs-vswitchd"])
+        cmd.args(["netns", "exec", &guard.netns])
+            .arg(program("ovs-vswitchd"))
             .arg(server.unix_addr())
             .arg(format!("--pidfile={}", pidfile.display()))
             .arg(format!("--unixctl={}", d.join("vswitchd.ctl").display()))
@@ -234,7 +239,7 @@ impl Drop for Vswitchd {
                 let _ = Command::new("kill").args(["-9", pid]).status();
             }
         }
-        let _ = Command::new("ip")
+        let _ = Command::new(program("ip"))
             .args(["netns", "del", &self.netns])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
