@@ -126,7 +126,11 @@ pub(crate) fn teardown(name: &str, dir: &Path, state: Option<&LabState>) -> Resu
     owned.push(Netns::new(underlay_netns(name)));
     // Namespaces of ours the state does not list (a lost state file) go too,
     // unless something still runs in them.
-    for leftover in netns::list()?.into_iter().filter(|n| is_lab_netns(name, n)) {
+    let listed = netns::list().unwrap_or_else(|e| {
+        note(Err(e.into()));
+        Vec::new()
+    });
+    for leftover in listed.into_iter().filter(|n| is_lab_netns(name, n)) {
         let ns = Netns::new(leftover);
         if owned.contains(&ns) {
             continue;
