@@ -19,6 +19,11 @@ declare -A PROVIDES=(
   [etcd-server]=/usr/bin/etcd
   [etcd-client]=/usr/bin/etcdctl
   [procps]=/usr/bin/pgrep
+  # A real container runtime for the end-to-end test: podman (libcni) with runc and a
+  # busybox image built locally from busybox-static (no registry needed).
+  [podman]=/usr/bin/podman
+  [runc]=/usr/sbin/runc
+  [busybox-static]=/bin/busybox
 )
 
 missing=()

@@ -12,11 +12,11 @@ use crate::manage::{is_running, remove_leftover_namespaces, teardown};
 use crate::netns::Netns;
 use crate::node::{MAX_NODES, Node};
 use crate::ovs::Ovs;
-use crate::spec::{ClusterSpec, MAX_NAME_LEN};
-use crate::state::{self, Claim, LabDir, LabState, Owner};
+use crate::spec::{ClusterSpec, MAX_NAME_LEN, validate_name};
+use crate::state::{self, Claim, LabDir, LabState, Opened, Owner};
 use crate::underlay::Underlay;
 use crate::wait::{self, Timeout};
-use crate::{Result, error_chain, preflight};
+use crate::{Result, error_chain, pod, preflight};
 
 #[derive(Debug, Error)]
 pub enum Error {
@@ -57,6 +57,33 @@ pub enum Error {
         pids: Vec<i32>,
         dir: PathBuf,
     },
+    #[error(
+        "lab {name} is not running (no state in {}); start it with `linen-lab up --name {name}`",
+        .dir.display()
+    )]
+    NotRunning { name: String, dir: PathBuf },
+    #[error(
+        "lab {name} was left behind by process {pid}, which is gone; run `linen-lab down --name {name}` to clean it up"
+    )]
+    Crashed { name: String, pid: u32 },
+    #[error("lab {lab} has no node {node} (nodes: {})", .known.join(", "))]
+    UnknownNode {
+        lab: String,
+        node: String,
+        known: Vec<String>,
+    },
+    #[error("lab {lab} has no pod {pod} (pods: {})", if .known.is_empty() { "none".to_owned() } else { .known.join(", ") })]
+    UnknownPod {
+        lab: String,
+        pod: String,
+        known: Vec<String>,
+    },
+    #[error(
+        "node {node} is the hub: every spoke's tunnel ends there; delete the spokes first, or `down` the lab"
+    )]
+    DeleteHub { node: String },
+    #[error("node {node} is the lab's last node; use `linen-lab down` to remove the lab")]
+    DeleteLastNode { node: String },
     #[error("node {from} cannot reach {to} ({ip}) over the underlay")]
     Unreachable {
         from: String,
@@ -73,16 +100,34 @@ const PING_TIMEOUT: Duration = Duration::from_secs(15);
 /// it was `detach`ed.
 #[derive(Debug)]
 pub struct Cluster {
-    state: LabState,
-    lock: Option<LabDir>,
+    pub(crate) state: LabState,
+    pub(crate) lock: Option<LabDir>,
+    /// Opened from another process's detached lab: dropping only unlocks.
+    pub(crate) keep_on_drop: bool,
 }
 
 impl Cluster {
-    /// Builds the lab: preflight, claims its directory (cleaning up a crashed
-    /// lab of the same name first), creates underlay and nodes, starts OVS,
-    /// sets up `br-phy` and checks every node pings every other. On failure
-    /// everything created so far is torn down.
+    /// Builds the lab: [`Cluster::up_nodes`], then `spec.pods_per_node` pods
+    /// on every node through the real CNI chain. On failure everything
+    /// created so far is torn down.
     pub fn up(spec: ClusterSpec) -> Result<Cluster> {
+        if spec.pods_per_node > 0 {
+            // Before anything is created: a missing plugin is a usage error.
+            spec.validate()?;
+            preflight::check()?;
+            pod::plugin_dirs()?;
+        }
+        let mut cluster = Self::up_nodes(spec)?;
+        cluster.add_planned_pods()?;
+        Ok(cluster)
+    }
+
+    /// Builds the nodes only: preflight, claims its directory (cleaning up a
+    /// crashed lab of the same name first), creates underlay and nodes,
+    /// starts OVS, sets up `br-phy`, writes each node's conflist and checks
+    /// every node pings every other. [`Cluster::add_planned_pods`] adds the
+    /// pods of the spec. On failure everything created so far is torn down.
+    pub fn up_nodes(spec: ClusterSpec) -> Result<Cluster> {
         spec.validate()?;
         preflight::check()?;
         let planned = spec.plan();
@@ -144,20 +189,67 @@ impl Cluster {
         let cluster = Cluster {
             state,
             lock: Some(lock),
+            keep_on_drop: false,
         };
         let state = &cluster.state;
         remove_leftover_namespaces(&state.name, &state.dir)?;
         state.underlay.ensure()?;
         for node in &state.nodes {
-            Netns::ensure(node.netns.name())?;
-            state.underlay.attach(&node.netns, &node.underlay_port)?;
-            Ovs::start(node.netns.clone(), &node.run_dir)?;
-            node.provision(&state.name)?;
-            tracing::info!(node = %node.name, ip = %node.underlay_ip, "node up");
+            start_node(state, node)?;
         }
         cluster.verify_underlay()?;
         tracing::info!(lab = %state.name, "lab up");
         Ok(cluster)
+    }
+
+    /// Locks the running lab `name` in `dir`, left running by another
+    /// process (`linen-lab up`, `demo --keep`), to change it: add or delete
+    /// pods and nodes. Dropping the value only unlocks; `down` tears down.
+    pub fn open(name: &str, dir: &Path) -> Result<Cluster> {
+        validate_name(name)?;
+        let not_running = || Error::NotRunning {
+            name: name.to_owned(),
+            dir: dir.to_path_buf(),
+        };
+        let lock = match state::open(dir)? {
+            Opened::Missing => return Err(not_running().into()),
+            Opened::Busy => {
+                let owner = state::read_state(dir)
+                    .ok()
+                    .flatten()
+                    .and_then(|s| match s.owner {
+                        Owner::Process { pid } => Some(pid),
+                        Owner::Detached => None,
+                    });
+                return Err(Error::Busy {
+                    name: name.to_owned(),
+                    dir: dir.to_path_buf(),
+                    owner,
+                }
+                .into());
+            }
+            Opened::Locked(lock) => lock,
+        };
+        let state = state::read_state(dir)?.ok_or_else(not_running)?;
+        if state.name != name {
+            return Err(Error::NotALabDir {
+                name: name.to_owned(),
+                dir: dir.to_path_buf(),
+            }
+            .into());
+        }
+        if let Owner::Process { pid } = state.owner {
+            return Err(Error::Crashed {
+                name: name.to_owned(),
+                pid,
+            }
+            .into());
+        }
+        Ok(Cluster {
+            state,
+            lock: Some(lock),
+            keep_on_drop: true,
+        })
     }
 
     /// Every node pings every other node's underlay address, each pair
@@ -234,8 +326,23 @@ impl Cluster {
     }
 }
 
+/// Creates node `node` of `state` (the underlay exists): its namespace and
+/// uplink, its OVS, `br-phy`, its conflist.
+pub(crate) fn start_node(state: &LabState, node: &Node) -> Result<()> {
+    Netns::ensure(node.netns.name())?;
+    state.underlay.attach(&node.netns, &node.underlay_port)?;
+    Ovs::start(node.netns.clone(), &node.run_dir)?;
+    node.provision(&state.name)?;
+    node.write_conflist(state)?;
+    tracing::info!(node = %node.name, ip = %node.underlay_ip, "node up");
+    Ok(())
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if self.keep_on_drop {
+            return;
+        }
         if let Err(e) = self.down() {
             tracing::error!(lab = %self.state.name, error = %error_chain(&e), "teardown failed");
         }

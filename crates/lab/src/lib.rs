@@ -17,22 +17,30 @@
 
 pub mod cluster;
 pub mod cmd;
+pub mod conflist;
 pub mod manage;
+mod members;
 pub mod netns;
 pub mod node;
+pub mod overlay;
 pub mod ovs;
+pub mod ping;
+pub mod pod;
 pub mod preflight;
+pub mod report;
 pub mod spec;
 pub mod state;
+pub mod traffic;
 pub mod underlay;
 pub mod wait;
 
 pub use cluster::Cluster;
 pub use ipnet;
-pub use manage::{NodeStatus, down, load, status};
+pub use manage::{NodeStatus, Tunnels, down, load, status};
 pub use netns::{Netns, NetnsGuard};
 pub use node::{Node, PodRange, Role};
 pub use ovs::{Daemon, Ovs};
+pub use pod::Pod;
 pub use spec::{ClusterSpec, Topology, default_dir};
 pub use state::{LabState, Owner};
 pub use underlay::Underlay;
@@ -54,6 +62,14 @@ pub enum Error {
     Ovs(#[from] ovs::Error),
     #[error(transparent)]
     Node(#[from] node::Error),
+    #[error(transparent)]
+    Conflist(#[from] conflist::Error),
+    #[error(transparent)]
+    Pod(#[from] pod::Error),
+    #[error(transparent)]
+    Overlay(#[from] overlay::Error),
+    #[error(transparent)]
+    Traffic(#[from] traffic::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

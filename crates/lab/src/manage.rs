@@ -6,9 +6,12 @@
 use std::path::{Path, PathBuf};
 
 use crate::cluster::Error;
+use crate::members::unwire_pods;
 use crate::netns::{self, Netns};
 use crate::node::Node;
+use crate::overlay::{self, Tunnel};
 use crate::ovs::{Daemon, Ovs};
+use crate::pod::Pod;
 use crate::spec::{is_lab_netns, underlay_netns, validate_name};
 use crate::state::{self, LabState, Opened, Owner};
 use crate::{Result, error_chain};
@@ -73,6 +76,32 @@ pub struct NodeStatus {
     pub netns_exists: bool,
     pub ovsdb_server: Option<i32>,
     pub ovs_vswitchd: Option<i32>,
+    pub tunnels: Tunnels,
+}
+
+/// Linen's tunnels on a node, as its OVSDB says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Tunnels {
+    /// ovsdb-server is not running.
+    NoOvsdb,
+    /// No overlay bridge yet: the node's first pod ADD creates it.
+    NoBridge,
+    Ports(Vec<Tunnel>),
+    /// OVSDB did not answer as expected; the error, for display.
+    Unreadable(String),
+}
+
+impl Tunnels {
+    fn read(node: &Node, ovsdb_alive: bool) -> Self {
+        if !ovsdb_alive {
+            return Tunnels::NoOvsdb;
+        }
+        match overlay::tunnels(node) {
+            Ok(Some(ports)) => Tunnels::Ports(ports),
+            Ok(None) => Tunnels::NoBridge,
+            Err(e) => Tunnels::Unreadable(error_chain(&e)),
+        }
+    }
 }
 
 /// The lab in `dir` as recorded, with what is alive now; `None` if there is
@@ -86,11 +115,13 @@ pub fn status(dir: &Path) -> Result<Option<(LabState, Vec<NodeStatus>)>> {
         .iter()
         .map(|n| {
             let ovs = n.ovs();
+            let ovsdb_server = ovs.pid(Daemon::OvsdbServer);
             NodeStatus {
                 node: n.clone(),
                 netns_exists: n.netns.exists(),
-                ovsdb_server: ovs.pid(Daemon::OvsdbServer),
+                ovsdb_server,
                 ovs_vswitchd: ovs.pid(Daemon::Vswitchd),
+                tunnels: Tunnels::read(n, ovsdb_server.is_some()),
             }
         })
         .collect();
@@ -117,11 +148,31 @@ pub(crate) fn teardown(name: &str, dir: &Path, state: Option<&LabState>) -> Resu
             first.get_or_insert(e);
         }
     };
+    // CNI DEL for every pod while its node and OVS still run (best effort:
+    // deleting the namespaces below removes what a failed DEL left).
+    if let Some(state) = state {
+        std::thread::scope(|s| {
+            for node in &state.nodes {
+                let pods: Vec<Pod> = state.pods_on(node.index).cloned().collect();
+                if !pods.is_empty() {
+                    s.spawn(move || {
+                        if let Err(e) = unwire_pods(state, node, &pods) {
+                            tracing::warn!(node = %node.name, error = %error_chain(&e), "pod DEL during teardown");
+                        }
+                    });
+                }
+            }
+        });
+    }
     for (netns, run_dir) in run_dirs(name, dir, state) {
         note(Ovs::new(netns, run_dir).stop().map_err(Into::into));
     }
     let mut owned: Vec<Netns> = state
-        .map(|s| s.nodes.iter().map(|n| n.netns.clone()).collect())
+        .map(|s| {
+            let pods = s.pods.iter().map(|p| p.netns.clone());
+            pods.chain(s.nodes.iter().map(|n| n.netns.clone()))
+                .collect()
+        })
         .unwrap_or_default();
     owned.push(Netns::new(underlay_netns(name)));
     // Namespaces of ours the state does not list (a lost state file) go too,
@@ -141,7 +192,7 @@ pub(crate) fn teardown(name: &str, dir: &Path, state: Option<&LabState>) -> Resu
             Err(e) => note(Err(e.into())),
         }
     }
-    // Nodes before the underlay; each deletion also removes its veth pair.
+    // Pods, then nodes, then the underlay; each deletion also removes its veth pair.
     for ns in &owned {
         note(ns.delete().map_err(Into::into));
     }

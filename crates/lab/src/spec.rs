@@ -98,6 +98,7 @@ impl ClusterSpec {
             },
             underlay: Underlay::new(Netns::new(underlay_netns(&self.name)), self.underlay_mtu),
             nodes,
+            pods: Vec::new(),
             dir,
         }
     }
@@ -137,15 +138,19 @@ pub fn validate_name(name: &str) -> Result<(), Error> {
     }
 }
 
-/// True if `netns` is one the lab `lab` would create: `<lab>-ul` or `<lab>-n<digits>`.
+/// True if `netns` is one the lab `lab` would create: `<lab>-ul`,
+/// `<lab>-n<digits>` (a node) or `<lab>-n<digits>-p<digits>` (a pod).
 pub fn is_lab_netns(lab: &str, netns: &str) -> bool {
     let Some(rest) = netns.strip_prefix(lab).and_then(|r| r.strip_prefix('-')) else {
         return false;
     };
+    let number = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
+    let node = |s: &str| s.strip_prefix('n').is_some_and(number);
     rest == "ul"
+        || node(rest)
         || rest
-            .strip_prefix('n')
-            .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+            .split_once("-p")
+            .is_some_and(|(n, p)| node(n) && number(p))
 }
 
 #[cfg(test)]
@@ -187,6 +192,14 @@ mod tests {
             ("a-n1", "a-n1", false),
             ("a-n1", "a-n1-ul", true),
             ("a", "b-ul", false),
+            ("a", "a-n1-p1", true),
+            ("a", "a-n12-p345", true),
+            ("a", "a-n1-p", false),
+            ("a", "a-n-p1", false),
+            ("a", "a-n1-p1x", false),
+            ("a", "a-n1-n2-p1", false),
+            ("a-n1", "a-n1-n2-p1", true),
+            ("a-n1", "a-n1-p1", false),
         ];
         for (lab, netns, want) in cases {
             assert_eq!(is_lab_netns(lab, netns), want, "{lab} {netns}");

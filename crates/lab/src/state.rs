@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::node::Node;
+use crate::pod::Pod;
 use crate::spec::Topology;
 use crate::underlay::Underlay;
 
@@ -74,6 +75,9 @@ pub struct LabState {
     pub owner: Owner,
     pub underlay: Underlay,
     pub nodes: Vec<Node>,
+    /// Every pod, recorded before its namespace is created.
+    #[serde(default)]
+    pub pods: Vec<Pod>,
 }
 
 impl LabState {
@@ -82,6 +86,23 @@ impl LabState {
         self.nodes.iter().find(|n| {
             n.name == name || name.strip_prefix('n').unwrap_or(name) == n.index.to_string()
         })
+    }
+
+    /// The pod named `<lab>-n<i>-p<j>` or `n<i>-p<j>`.
+    pub fn pod(&self, name: &str) -> Option<&Pod> {
+        self.pods
+            .iter()
+            .find(|p| p.name == name || p.short_name() == name)
+    }
+
+    /// The pods of node `index`, in creation order.
+    pub fn pods_on(&self, index: u8) -> impl Iterator<Item = &Pod> {
+        self.pods.iter().filter(move |p| p.node == index)
+    }
+
+    /// Pods with an address (wired by a successful ADD).
+    pub fn wired_pods(&self) -> impl Iterator<Item = &Pod> {
+        self.pods.iter().filter(|p| p.ip.is_some())
     }
 }
 

@@ -121,3 +121,29 @@ fn init_tracing() {
         )
         .try_init();
 }
+
+/// Nothing of the lab anywhere on the host: no named namespace, no mount of
+/// one, no process whose command line names the lab's directory or names.
+pub fn assert_nothing_left(lab: &TestLab) {
+    assert_eq!(lab.namespaces(), Vec::<String>::new(), "namespaces left");
+    let mounts = std::fs::read_to_string("/proc/mounts").expect("mounts");
+    let prefix = format!("/netns/{}-", lab.name);
+    let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&prefix)).collect();
+    assert!(left.is_empty(), "netns mounts left: {left:?}");
+    let dir = lab.dir().to_string_lossy().into_owned();
+    let name = format!("{}-", lab.name);
+    let me = std::process::id().to_string();
+    for entry in std::fs::read_dir("/proc").expect("proc").flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == me {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        assert!(
+            !cmdline.contains(&dir) && !cmdline.contains(&name),
+            "process {pid} left: {cmdline}"
+        );
+    }
+    assert!(!lab.dir().exists(), "lab directory left");
+}

@@ -1,0 +1,257 @@
+//! Changing a running lab: pods come and go through CNI ADD and DEL, nodes
+//! join and leave. Every change is recorded in the state file before it is
+//! made (a crash leaves enough for `down` to clean up) and again after.
+//!
+//! A node joining or leaving changes the other nodes' `vtepIPs`: their
+//! conflists are rewritten, and their overlay is re-applied at once through
+//! [`overlay::reapply`] (the plugin's own `Ovs::ensure`, from the rewritten
+//! conflist) rather than waiting for each node's next pod ADD. flaxd will
+//! make this automatic.
+
+use std::collections::BTreeMap;
+
+use crate::cluster::{Cluster, Error, start_node};
+use cni::runtime::{Exec, NetworkConfigList};
+
+use crate::node::{MAX_NODES, Node, Role};
+use crate::pod::{self, Pod};
+use crate::spec::Topology;
+use crate::state::LabState;
+use crate::{Result, error_chain, overlay, state};
+
+impl Cluster {
+    /// Adds the spec's `pods_per_node` pods to every node.
+    pub fn add_planned_pods(&mut self) -> Result<Vec<Pod>> {
+        let count = self.state.pods_per_node;
+        let plan: Vec<(u8, u16)> = self.state.nodes.iter().map(|n| (n.index, count)).collect();
+        self.add_pods(&plan)
+    }
+
+    /// Adds one pod to the node named `node` (`<lab>-n<i>`, `n<i>` or `<i>`).
+    pub fn add_pod(&mut self, node: &str) -> Result<Pod> {
+        let index = self.known_node(node)?.index;
+        let mut added = self.add_pods(&[(index, 1)])?;
+        Ok(added.remove(0))
+    }
+
+    /// Adds `count` pods to each listed node: nodes in parallel, the pods of
+    /// one node one after another. Pods whose ADD failed are undone and
+    /// dropped from the state; the first failure is returned after all ran.
+    pub fn add_pods(&mut self, plan: &[(u8, u16)]) -> Result<Vec<Pod>> {
+        let mut planned: Vec<Pod> = Vec::new();
+        for &(node, count) in plan {
+            let first = pod::next_index(&self.state, node);
+            for i in 0..count {
+                let p = Pod::plan(&self.state.name, node, first + i);
+                self.state.pods.push(p.clone());
+                planned.push(p);
+            }
+        }
+        if planned.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.save()?;
+        let state = &self.state;
+        let nodes: Vec<&Node> = state
+            .nodes
+            .iter()
+            .filter(|n| planned.iter().any(|p| p.node == n.index))
+            .collect();
+        // Before any namespace exists: a missing plugin fails every pod alike.
+        let runtimes: Result<Vec<_>, pod::Error> =
+            nodes.iter().map(|n| pod::runtime(state, n)).collect();
+        let runtimes = match runtimes {
+            Ok(r) => r,
+            Err(e) => {
+                self.state.pods.retain(|p| !planned.contains(p));
+                self.save()?;
+                return Err(e.into());
+            }
+        };
+        let results: Vec<(String, Result<Pod>)> = std::thread::scope(|s| {
+            let workers: Vec<_> = nodes
+                .iter()
+                .zip(&runtimes)
+                .map(|(node, runtime)| {
+                    let mine: Vec<&Pod> = planned.iter().filter(|p| p.node == node.index).collect();
+                    s.spawn(move || wire_node_pods(runtime, node, &mine))
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().expect("pod worker panicked"))
+                .collect()
+        });
+        let mut first_err = None;
+        let mut added = Vec::new();
+        for (name, result) in results {
+            let slot = self.state.pods.iter().position(|p| p.name == name);
+            match (result, slot) {
+                (Ok(p), Some(i)) => {
+                    self.state.pods[i] = p.clone();
+                    added.push(p);
+                }
+                (Err(e), Some(i)) => {
+                    self.state.pods.remove(i);
+                    first_err.get_or_insert(e);
+                }
+                (_, None) => unreachable!("planned pods are in the state"),
+            }
+        }
+        self.save()?;
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(added),
+        }
+    }
+
+    /// Runs CNI DEL for the pod named `name` (`<lab>-n<i>-p<j>` or
+    /// `n<i>-p<j>`), deletes its namespace and forgets it.
+    pub fn del_pod(&mut self, name: &str) -> Result<()> {
+        let pod = self
+            .state
+            .pod(name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownPod {
+                lab: self.state.name.clone(),
+                pod: name.to_owned(),
+                known: self.state.pods.iter().map(Pod::short_name).collect(),
+            })?;
+        let node = self.known_node(&format!("n{}", pod.node))?.clone();
+        let result = unwire_pods(&self.state, &node, std::slice::from_ref(&pod));
+        if !pod.netns.exists() {
+            self.state.pods.retain(|p| p.name != pod.name);
+            self.save()?;
+        }
+        result
+    }
+
+    /// A new node joins: the next free index, a peer in a mesh or a spoke of
+    /// the hub. Its OVS is started and the underlay checked; every node's
+    /// conflist is rewritten and the existing overlays re-applied (see the
+    /// module doc). Returns the new node.
+    pub fn add_node(&mut self) -> Result<Node> {
+        let index = self.state.nodes.iter().map(|n| n.index).max().unwrap_or(0);
+        if index >= MAX_NODES {
+            return Err(Error::NodeCount {
+                nodes: usize::from(index) + 1,
+            }
+            .into());
+        }
+        let index = index + 1;
+        let role = match self.state.topology {
+            Topology::Mesh => Role::Peer,
+            Topology::Hub => Role::Spoke,
+        };
+        let node = Node::plan(
+            &self.state.name,
+            index,
+            role,
+            &self.state.dir,
+            self.state.underlay.mtu,
+        );
+        self.state.nodes.push(node.clone());
+        self.save()?;
+        start_node(&self.state, &node)?;
+        self.verify_underlay()?;
+        self.reapply()?;
+        tracing::info!(node = %node.name, "node joined");
+        Ok(node)
+    }
+
+    /// Node `name` leaves: its pods are deleted (CNI DEL), its OVS stopped,
+    /// its namespace and directory removed; the other nodes' conflists are
+    /// rewritten and their tunnels to it removed at once. The hub and the
+    /// last node cannot leave.
+    pub fn del_node(&mut self, name: &str) -> Result<()> {
+        let node = self.known_node(name)?.clone();
+        if node.role == Role::Hub {
+            return Err(Error::DeleteHub { node: node.name }.into());
+        }
+        if self.state.nodes.len() == 1 {
+            return Err(Error::DeleteLastNode { node: node.name }.into());
+        }
+        let pods: Vec<Pod> = self.state.pods_on(node.index).cloned().collect();
+        if let Err(e) = unwire_pods(&self.state, &node, &pods) {
+            tracing::warn!(node = %node.name, error = %error_chain(&e), "pod cleanup");
+        }
+        node.ovs().stop()?;
+        // Deleting the namespace removes its uplink's veth pair too.
+        node.netns.delete()?;
+        state::remove_lab_dir(&node.run_dir)?;
+        self.state.pods.retain(|p| p.node != node.index);
+        self.state.nodes.retain(|n| n.index != node.index);
+        self.save()?;
+        self.reapply()?;
+        tracing::info!(node = %node.name, "node left");
+        Ok(())
+    }
+
+    /// Rewrites every node's conflist from the state and makes each existing
+    /// overlay match it. Returns the number of OVSDB changes per node.
+    pub fn reapply(&self) -> Result<BTreeMap<String, usize>> {
+        let mut changes = BTreeMap::new();
+        for node in &self.state.nodes {
+            node.write_conflist(&self.state)?;
+            let n = overlay::reapply(node, &node.conflist(&self.state))?;
+            changes.insert(node.name.clone(), n);
+        }
+        Ok(changes)
+    }
+
+    fn known_node(&self, name: &str) -> Result<&Node> {
+        self.state.node(name).ok_or_else(|| {
+            Error::UnknownNode {
+                lab: self.state.name.clone(),
+                node: name.to_owned(),
+                known: self.state.nodes.iter().map(|n| n.name.clone()).collect(),
+            }
+            .into()
+        })
+    }
+
+    fn save(&self) -> Result<()> {
+        if let Some(lock) = &self.lock {
+            lock.write(&self.state)?;
+        }
+        Ok(())
+    }
+}
+
+/// ADDs `pods` of `node` one after another; each result is named by pod.
+fn wire_node_pods(
+    runtime: &(Exec, NetworkConfigList),
+    node: &Node,
+    pods: &[&Pod],
+) -> Vec<(String, Result<Pod>)> {
+    let (exec, list) = runtime;
+    pods.iter()
+        .map(|p| {
+            let r = pod::attach(exec, list, node, p).map_err(Into::into);
+            (p.name.clone(), r)
+        })
+        .collect()
+}
+
+/// DELs `pods` of `node` (only deletes their namespaces when the plugins
+/// cannot run) and deletes their namespaces. Returns the first failure after
+/// trying all.
+pub(crate) fn unwire_pods(state: &LabState, node: &Node, pods: &[Pod]) -> Result<()> {
+    let runtime = if node.netns.exists() && !pods.is_empty() {
+        pod::runtime(state, node)
+            .inspect_err(|e| {
+                tracing::warn!(node = %node.name, error = %error_chain(e), "cannot run CNI DEL; deleting pod namespaces only");
+            })
+            .ok()
+    } else {
+        None
+    };
+    let mut first = None;
+    for p in pods {
+        if let Err(e) = pod::detach(runtime.as_ref().map(|(e, l)| (e, l)), node, p) {
+            tracing::warn!(pod = %p.name, error = %error_chain(&e), "pod cleanup");
+            first.get_or_insert(e);
+        }
+    }
+    first.map_or(Ok(()), |e| Err(e.into()))
+}

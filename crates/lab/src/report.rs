@@ -1,0 +1,161 @@
+//! Readable tables for `status` and the demo: nodes, pods, tunnels.
+
+use std::fmt::Write as _;
+
+use crate::manage::{NodeStatus, Tunnels};
+use crate::spec::Topology;
+use crate::state::{LabState, Owner};
+
+/// Columns padded to the widest cell, two spaces apart.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut text = String::new();
+        for (cell, w) in cells.zip(&widths) {
+            let _ = write!(text, "{cell:<w$}  ");
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(&mut header.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+    out
+}
+
+/// The whole `status` report.
+pub fn status(state: &LabState, nodes: &[NodeStatus]) -> String {
+    let topology = match state.topology {
+        Topology::Mesh => "mesh",
+        Topology::Hub => "hub and spokes",
+    };
+    let owner = match state.owner {
+        Owner::Detached => "detached".to_owned(),
+        Owner::Process { pid } => format!("owned by pid {pid}"),
+    };
+    let mut out = format!(
+        "lab {} ({topology}, {} nodes, {} pods, {owner}) in {}\n\n",
+        state.name,
+        state.nodes.len(),
+        state.pods.len(),
+        state.dir.display()
+    );
+    out.push_str(&nodes_table(nodes));
+    out.push('\n');
+    out.push_str(&pods_table(state));
+    out.push('\n');
+    out.push_str(&tunnels_table(nodes));
+    out
+}
+
+pub fn nodes_table(nodes: &[NodeStatus]) -> String {
+    let alive = |pid: Option<i32>| pid.map_or("dead".to_owned(), |p| format!("up ({p})"));
+    let rows: Vec<Vec<String>> = nodes
+        .iter()
+        .map(|n| {
+            let netns = if n.netns_exists {
+                n.node.netns_path.display().to_string()
+            } else {
+                format!("(missing) {}", n.node.netns.name())
+            };
+            vec![
+                n.node.name.clone(),
+                format!("{:?}", n.node.role).to_lowercase(),
+                netns,
+                n.node.underlay_ip.to_string(),
+                n.node.underlay_mtu.to_string(),
+                n.node.pods.node_cidr.to_string(),
+                alive(n.ovsdb_server),
+                alive(n.ovs_vswitchd),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NODE", "ROLE", "NETNS", "UNDERLAY", "MTU", "PODS", "OVSDB", "VSWITCHD",
+        ],
+        &rows,
+    )
+}
+
+pub fn pods_table(state: &LabState) -> String {
+    if state.pods.is_empty() {
+        return "no pods\n".to_owned();
+    }
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
+    let rows: Vec<Vec<String>> = state
+        .pods
+        .iter()
+        .map(|p| {
+            let node = state
+                .nodes
+                .iter()
+                .find(|n| n.index == p.node)
+                .map_or_else(|| format!("n{}", p.node), |n| n.name.clone());
+            vec![
+                p.name.clone(),
+                node,
+                opt(p.ip.map(|ip| ip.to_string())),
+                opt(p.gateway.map(|g| g.to_string())),
+                opt(p.mac.clone()),
+                opt(p.mtu.map(|m| m.to_string())),
+            ]
+        })
+        .collect();
+    table(&["POD", "NODE", "IP", "GATEWAY", "MAC", "MTU"], &rows)
+}
+
+pub fn tunnels_table(nodes: &[NodeStatus]) -> String {
+    let mut rows = Vec::new();
+    for n in nodes {
+        let name = n.node.name.clone();
+        match &n.tunnels {
+            Tunnels::Ports(ports) if !ports.is_empty() => {
+                for t in ports {
+                    rows.push(vec![
+                        name.clone(),
+                        t.port.clone(),
+                        t.remote.to_string(),
+                        if t.protected { "yes" } else { "no (relays)" }.to_owned(),
+                    ]);
+                }
+            }
+            other => {
+                let why = match other {
+                    Tunnels::NoOvsdb => "(ovsdb-server not running)".to_owned(),
+                    Tunnels::NoBridge => {
+                        "(no overlay bridge yet: the first pod creates it)".to_owned()
+                    }
+                    Tunnels::Unreadable(e) => format!("(unreadable: {e})"),
+                    Tunnels::Ports(_) => "(no tunnels)".to_owned(),
+                };
+                rows.push(vec![name, why, String::new(), String::new()]);
+            }
+        }
+    }
+    table(&["NODE", "TUNNEL", "REMOTE", "PROTECTED"], &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_pads_columns() {
+        let t = table(
+            &["A", "BB"],
+            &[
+                vec!["xyz".into(), "1".into()],
+                vec!["q".into(), "22222".into()],
+            ],
+        );
+        assert_eq!(t, "A    BB\nxyz  1\nq    22222\n");
+    }
+}
