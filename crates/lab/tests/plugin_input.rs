@@ -33,40 +33,181 @@ fn bad_input_gets_the_right_code_and_changes_nothing() {
     // A real prevResult from the bridge plugin, so only the case's fault is at fault.
     let mut bridge_list = lab.conflist(0, "1.0.0", json!({}));
     bridge_list["plugins"].as_array_mut().unwrap().truncate(1);
-    let prev = lab.add(&bridge_list, &mut pod).expect("bridge ADD").to_value(cni::Version::V1_0_0);
-    let mut valid = lab.conflist(0, "1.0.0", json!({"controller": "10.245.2.1:6653"}))["plugins"][1].clone();
+    let prev = lab
+        .add(&bridge_list, &mut pod)
+        .expect("bridge ADD")
+        .to_value(cni::Version::V1_0_0);
+    let mut valid =
+        lab.conflist(0, "1.0.0", json!({"controller": "10.245.2.1:6653"}))["plugins"][1].clone();
     valid["cniVersion"] = json!("1.0.0");
     valid["name"] = json!("linen-test");
     valid["prevResult"] = prev.clone();
     let no_bridge = {
         let mut p = prev.clone();
-        p["interfaces"].as_array_mut().unwrap().retain(|i| i["name"] != "kbr0");
+        p["interfaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|i| i["name"] != "kbr0");
         p
     };
 
     let cases = vec![
-        Case { what: "malformed JSON", env: vec![], stdin: Stdin::Raw("{\"cniVersion\": "), code: 6, says: "unmarshalling" },
-        Case { what: "not an object", env: vec![], stdin: Stdin::Raw("[1,2]"), code: 6, says: "" },
-        Case { what: "unknown cniVersion", env: vec![], stdin: Stdin::Patch(json!({"cniVersion": "0.9.9"})), code: 1, says: "0.9.9" },
-        Case { what: "missing cniVersion", env: vec![], stdin: Stdin::Without(&["cniVersion"]), code: 1, says: "" },
-        Case { what: "unknown CNI_COMMAND", env: vec![("CNI_COMMAND", Some("FROB"))], stdin: Stdin::Patch(json!({})), code: 4, says: "FROB" },
-        Case { what: "missing CNI_NETNS", env: vec![("CNI_NETNS", None)], stdin: Stdin::Patch(json!({})), code: 4, says: "CNI_NETNS" },
-        Case { what: "missing CNI_CONTAINERID", env: vec![("CNI_CONTAINERID", None)], stdin: Stdin::Patch(json!({})), code: 4, says: "CNI_CONTAINERID" },
-        Case { what: "missing CNI_IFNAME", env: vec![("CNI_IFNAME", None)], stdin: Stdin::Patch(json!({})), code: 4, says: "CNI_IFNAME" },
-        Case { what: "bad CNI_IFNAME", env: vec![("CNI_IFNAME", Some("eth0/x"))], stdin: Stdin::Patch(json!({})), code: 4, says: "" },
-        Case { what: "bad IP in vtepIPs", env: vec![], stdin: Stdin::Patch(json!({"vtepIPs": ["10.245.2.2", "10.245.2.x"]})), code: 7, says: "vtepIPs[1]" },
-        Case { what: "loopback VTEP", env: vec![], stdin: Stdin::Patch(json!({"vtepIPs": ["127.0.0.1"]})), code: 7, says: "loopback" },
-        Case { what: "vtepIPs not a list", env: vec![], stdin: Stdin::Patch(json!({"vtepIPs": "10.245.2.2"})), code: 7, says: "vtepIPs" },
-        Case { what: "bad controller", env: vec![], stdin: Stdin::Patch(json!({"controller": "controller:port"})), code: 7, says: "controller" },
-        Case { what: "bad bridge name", env: vec![], stdin: Stdin::Patch(json!({"ovsBridge": "a-name-too-long-for-linux"})), code: 7, says: "ovsBridge" },
-        Case { what: "bad datapath", env: vec![], stdin: Stdin::Patch(json!({"datapathType": "dpdk"})), code: 7, says: "datapathType" },
-        Case { what: "bad vni", env: vec![], stdin: Stdin::Patch(json!({"vni": 99999999})), code: 7, says: "vni" },
-        Case { what: "conflicting seed fields", env: vec![], stdin: Stdin::Patch(json!({"isMaster": true, "runtimeConfig": {"ovs": {"isMaster": false}}})), code: 7, says: "isMaster" },
-        Case { what: "no prevResult", env: vec![], stdin: Stdin::Without(&["prevResult"]), code: 7, says: "chained" },
-        Case { what: "prevResult without a bridge", env: vec![], stdin: Stdin::Patch(json!({"prevResult": no_bridge})), code: 7, says: "no Linux bridge" },
-        Case { what: "malformed prevResult", env: vec![], stdin: Stdin::Patch(json!({"prevResult": {"ips": "nope"}})), code: 6, says: "" },
-        Case { what: "mtu too large", env: vec![], stdin: Stdin::Patch(json!({"mtu": 1500})), code: 7, says: "at most 1450" },
-        Case { what: "unreachable OVSDB", env: vec![], stdin: Stdin::Patch(json!({"ovsdbSocket": "unix:/var/run/linen-nothing-here.sock"})), code: 11, says: "linen-nothing-here" },
+        Case {
+            what: "malformed JSON",
+            env: vec![],
+            stdin: Stdin::Raw("{\"cniVersion\": "),
+            code: 6,
+            says: "unmarshalling",
+        },
+        Case {
+            what: "not an object",
+            env: vec![],
+            stdin: Stdin::Raw("[1,2]"),
+            code: 6,
+            says: "",
+        },
+        Case {
+            what: "unknown cniVersion",
+            env: vec![],
+            stdin: Stdin::Patch(json!({"cniVersion": "0.9.9"})),
+            code: 1,
+            says: "0.9.9",
+        },
+        Case {
+            what: "missing cniVersion",
+            env: vec![],
+            stdin: Stdin::Without(&["cniVersion"]),
+            code: 1,
+            says: "",
+        },
+        Case {
+            what: "unknown CNI_COMMAND",
+            env: vec![("CNI_COMMAND", Some("FROB"))],
+            stdin: Stdin::Patch(json!({})),
+            code: 4,
+            says: "FROB",
+        },
+        Case {
+            what: "missing CNI_NETNS",
+            env: vec![("CNI_NETNS", None)],
+            stdin: Stdin::Patch(json!({})),
+            code: 4,
+            says: "CNI_NETNS",
+        },
+        Case {
+            what: "missing CNI_CONTAINERID",
+            env: vec![("CNI_CONTAINERID", None)],
+            stdin: Stdin::Patch(json!({})),
+            code: 4,
+            says: "CNI_CONTAINERID",
+        },
+        Case {
+            what: "missing CNI_IFNAME",
+            env: vec![("CNI_IFNAME", None)],
+            stdin: Stdin::Patch(json!({})),
+            code: 4,
+            says: "CNI_IFNAME",
+        },
+        Case {
+            what: "bad CNI_IFNAME",
+            env: vec![("CNI_IFNAME", Some("eth0/x"))],
+            stdin: Stdin::Patch(json!({})),
+            code: 4,
+            says: "",
+        },
+        Case {
+            what: "bad IP in vtepIPs",
+            env: vec![],
+            stdin: Stdin::Patch(json!({"vtepIPs": ["10.245.2.2", "10.245.2.x"]})),
+            code: 7,
+            says: "vtepIPs[1]",
+        },
+        Case {
+            what: "loopback VTEP",
+            env: vec![],
+            stdin: Stdin::Patch(json!({"vtepIPs": ["127.0.0.1"]})),
+            code: 7,
+            says: "loopback",
+        },
+        Case {
+            what: "vtepIPs not a list",
+            env: vec![],
+            stdin: Stdin::Patch(json!({"vtepIPs": "10.245.2.2"})),
+            code: 7,
+            says: "vtepIPs",
+        },
+        Case {
+            what: "bad controller",
+            env: vec![],
+            stdin: Stdin::Patch(json!({"controller": "controller:port"})),
+            code: 7,
+            says: "controller",
+        },
+        Case {
+            what: "bad bridge name",
+            env: vec![],
+            stdin: Stdin::Patch(json!({"ovsBridge": "a-name-too-long-for-linux"})),
+            code: 7,
+            says: "ovsBridge",
+        },
+        Case {
+            what: "bad datapath",
+            env: vec![],
+            stdin: Stdin::Patch(json!({"datapathType": "dpdk"})),
+            code: 7,
+            says: "datapathType",
+        },
+        Case {
+            what: "bad vni",
+            env: vec![],
+            stdin: Stdin::Patch(json!({"vni": 99999999})),
+            code: 7,
+            says: "vni",
+        },
+        Case {
+            what: "conflicting seed fields",
+            env: vec![],
+            stdin: Stdin::Patch(
+                json!({"isMaster": true, "runtimeConfig": {"ovs": {"isMaster": false}}}),
+            ),
+            code: 7,
+            says: "isMaster",
+        },
+        Case {
+            what: "no prevResult",
+            env: vec![],
+            stdin: Stdin::Without(&["prevResult"]),
+            code: 7,
+            says: "chained",
+        },
+        Case {
+            what: "prevResult without a bridge",
+            env: vec![],
+            stdin: Stdin::Patch(json!({"prevResult": no_bridge})),
+            code: 7,
+            says: "no Linux bridge",
+        },
+        Case {
+            what: "malformed prevResult",
+            env: vec![],
+            stdin: Stdin::Patch(json!({"prevResult": {"ips": "nope"}})),
+            code: 6,
+            says: "",
+        },
+        Case {
+            what: "mtu too large",
+            env: vec![],
+            stdin: Stdin::Patch(json!({"mtu": 1500})),
+            code: 7,
+            says: "at most 1450",
+        },
+        Case {
+            what: "unreachable OVSDB",
+            env: vec![],
+            stdin: Stdin::Patch(json!({"ovsdbSocket": "unix:/var/run/linen-nothing-here.sock"})),
+            code: 11,
+            says: "linen-nothing-here",
+        },
     ];
 
     let base_env = [
@@ -77,7 +218,10 @@ fn bad_input_gets_the_right_code_and_changes_nothing() {
         ("CNI_PATH", "/usr/lib/cni"),
     ];
     let before = (lab.ovs_snapshot(0), lab.links_snapshot(0), links(&pod.name));
-    assert!(!before.0.contains("\"br0\""), "fresh node: no OVS bridge yet");
+    assert!(
+        !before.0.contains("\"br0\""),
+        "fresh node: no OVS bridge yet"
+    );
     let mut failures = Vec::new();
     for case in &cases {
         let mut env: Vec<(&str, &str)> = base_env.to_vec();
@@ -104,8 +248,16 @@ fn bad_input_gets_the_right_code_and_changes_nothing() {
         };
         let out = lab.invoke(0, &linen_bin(), &env, stdin.as_bytes());
         let err: Value = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
-        let text = format!("{} {}", err["msg"].as_str().unwrap_or(""), err["details"].as_str().unwrap_or(""));
-        if out.code != Some(1) || err["code"] != case.code || !text.contains(case.says) || out.stderr.contains("panicked") {
+        let text = format!(
+            "{} {}",
+            err["msg"].as_str().unwrap_or(""),
+            err["details"].as_str().unwrap_or("")
+        );
+        if out.code != Some(1)
+            || err["code"] != case.code
+            || !text.contains(case.says)
+            || out.stderr.contains("panicked")
+        {
             failures.push(format!(
                 "{}: exit {:?}, want code {} saying {:?}, got {}\nstderr: {}",
                 case.what, out.code, case.code, case.says, out.stdout, out.stderr
@@ -120,11 +272,23 @@ fn bad_input_gets_the_right_code_and_changes_nothing() {
 
     // No CNI_COMMAND at all is a person running the binary by hand: like the reference
     // plugins, it says what it is on stderr, prints nothing on stdout and does nothing.
-    let env: Vec<(&str, &str)> = base_env.iter().copied().filter(|(k, _)| *k != "CNI_COMMAND").collect();
+    let env: Vec<(&str, &str)> = base_env
+        .iter()
+        .copied()
+        .filter(|(k, _)| *k != "CNI_COMMAND")
+        .collect();
     let out = lab.invoke(0, &linen_bin(), &env, valid.to_string().as_bytes());
-    assert_eq!((out.code, out.stdout.as_str()), (Some(0), ""), "{}", out.stderr);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(0), ""),
+        "{}",
+        out.stderr
+    );
     assert!(out.stderr.contains("linen v"), "{}", out.stderr);
-    assert_eq!((lab.ovs_snapshot(0), lab.links_snapshot(0), links(&pod.name)), before);
+    assert_eq!(
+        (lab.ovs_snapshot(0), lab.links_snapshot(0), links(&pod.name)),
+        before
+    );
 
     // The valid config does work, so every refusal above was about its own fault.
     let out = lab.invoke(0, &linen_bin(), &base_env, valid.to_string().as_bytes());
@@ -142,13 +306,25 @@ fn thirty_two_concurrent_adds_on_a_fresh_node() {
             .iter_mut()
             .map(|pod| {
                 let (lab, list) = (&lab, &list);
-                s.spawn(move || lab.add(list, pod).map(drop).map_err(|e| format!("{}: {e}", pod.name)))
+                s.spawn(move || {
+                    lab.add(list, pod)
+                        .map(drop)
+                        .map_err(|e| format!("{}: {e}", pod.name))
+                })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("thread")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
     });
     let errors: Vec<String> = results.into_iter().filter_map(Result::err).collect();
-    assert!(errors.is_empty(), "{} of 32 ADDs failed:\n{}", errors.len(), errors.join("\n"));
+    assert!(
+        errors.is_empty(),
+        "{} of 32 ADDs failed:\n{}",
+        errors.len(),
+        errors.join("\n")
+    );
 
     let bridges = lab.vsctl(0, &["--bare", "--columns=name", "list", "Bridge"]);
     let mut names: Vec<&str> = bridges.split_whitespace().collect();
@@ -157,9 +333,17 @@ fn thirty_two_concurrent_adds_on_a_fresh_node() {
     let ports = lab.vsctl(0, &["list-ports", "br0"]);
     let mut ports: Vec<&str> = ports.split_whitespace().collect();
     ports.sort();
-    assert_eq!(ports, vec!["vxif10_245_2_7", "vxif10_245_2_8", "vxif10_245_2_9"], "one port per remote VTEP");
+    assert_eq!(
+        ports,
+        vec!["vxif10_245_2_7", "vxif10_245_2_8", "vxif10_245_2_9"],
+        "one port per remote VTEP"
+    );
     let controllers = lab.vsctl(0, &["--bare", "--columns=target", "list", "Controller"]);
-    assert_eq!(controllers.split_whitespace().collect::<Vec<_>>(), vec!["tcp:10.245.2.1:6653"], "one controller row");
+    assert_eq!(
+        controllers.split_whitespace().collect::<Vec<_>>(),
+        vec!["tcp:10.245.2.1:6653"],
+        "one controller row"
+    );
     let ifaces = lab.vsctl(0, &["--bare", "--columns=name", "list", "Interface"]);
     assert_eq!(ifaces.split_whitespace().filter(|n| *n == "br0").count(), 1);
 

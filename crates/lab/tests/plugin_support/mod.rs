@@ -359,6 +359,19 @@ impl Pod {
         })
     }
 
+    /// Pings `dst` until it answers or `limit` passes: for paths that take time to open,
+    /// such as a bridge whose unreachable controller keeps it from switching until OVS's
+    /// fail-open timer fires.
+    pub fn ping_within(&self, dst: IpAddr, limit: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if self.ping(dst) {
+                return true;
+            }
+        }
+        false
+    }
+
     /// The pod's eth0 MTU.
     pub fn mtu(&self) -> u32 {
         let text = run(Command::new("ip").args(["-n", &self.name, "-j", "link", "show", "eth0"]));
@@ -456,10 +469,8 @@ pub fn tcp_transfer(from: &Pod, to: &Pod, bytes: usize, timeout: Duration) -> Re
             conn.shutdown(std::net::Shutdown::Write)
                 .map_err(|e| e.to_string())
         });
-        if let Err(e) = sent {
-            // Unblock the server thread: it will see a reset or time out on its own.
-            return Err(e);
-        }
+        // On a send failure the server thread ends by itself (reset or read timeout).
+        sent?;
         let got = server
             .join()
             .map_err(|_| "server thread panicked".to_string())??;
