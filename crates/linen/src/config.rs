@@ -255,18 +255,7 @@ fn parse_vteps(v: &Value) -> Result<Vec<IpAddr>, ConfigError> {
             field: field.clone(),
             value: s.to_owned(),
         })?;
-        let why = if ip.is_unspecified() {
-            Some("unspecified")
-        } else if ip.is_loopback() {
-            Some("loopback")
-        } else if ip.is_multicast() {
-            Some("multicast")
-        } else if matches!(ip, IpAddr::V4(v4) if v4.is_broadcast()) {
-            Some("broadcast")
-        } else {
-            None
-        };
-        if let Some(why) = why {
+        if let Some(why) = unusable_vtep(ip) {
             return Err(ConfigError::UnusableVtep {
                 field,
                 value: ip,
@@ -276,6 +265,22 @@ fn parse_vteps(v: &Value) -> Result<Vec<IpAddr>, ConfigError> {
         out.insert(ip);
     }
     Ok(out.into_iter().collect())
+}
+
+/// Why `ip` cannot be a VTEP address (unspecified, loopback, multicast, broadcast), if it
+/// cannot. The one rule for `vtepIPs` and for flaxd's membership records.
+pub fn unusable_vtep(ip: IpAddr) -> Option<&'static str> {
+    if ip.is_unspecified() {
+        Some("unspecified")
+    } else if ip.is_loopback() {
+        Some("loopback")
+    } else if ip.is_multicast() {
+        Some("multicast")
+    } else if matches!(ip, IpAddr::V4(v4) if v4.is_broadcast()) {
+        Some("broadcast")
+    } else {
+        None
+    }
 }
 
 /// Accepts the seed's `IP:PORT` (meaning TCP) and OVS's own `tcp:`, `ssl:` and `unix:`
