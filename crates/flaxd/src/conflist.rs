@@ -1,0 +1,255 @@
+//! This node's CNI network configuration list: `bridge` (with `host-local` handing out the
+//! node's pod subnet inside the cluster CIDR) chained with `linen`. flaxd manages the
+//! tunnels, so the `linen` entry lists no `vtepIPs`; its `mtu` comes from [`linen::mtu`].
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use linen::config::{Datapath, TunnelKey};
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConflistError {
+    #[error("pod subnet {pod} is not inside the cluster CIDR {cluster}")]
+    OutsideCluster { pod: IpNet, cluster: IpNet },
+    #[error("pod subnet {0} is too small for a gateway and pods")]
+    TooSmall(IpNet),
+    #[error("the underlay MTU {0} is too small to carry VXLAN")]
+    UnderlayTooSmall(u32),
+    #[error("cannot write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What goes into the conflist besides the pod subnet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConflistSpec {
+    /// The network name (`name` of the conflist).
+    pub network: String,
+    /// The pods' Linux bridge.
+    pub linux_bridge: String,
+    pub ovs_bridge: String,
+    pub ovsdb: String,
+    pub datapath: Datapath,
+    pub key: TunnelKey,
+    /// The whole pod network: one layer-2 overlay, so every pod's prefix is this one.
+    pub cluster_cidr: IpNet,
+    pub underlay_mtu: u32,
+    /// This node's VTEP: its address family decides the VXLAN overhead.
+    pub vtep: IpAddr,
+}
+
+/// The conflist for a node whose pods take addresses from `pod_cidr`.
+pub fn render(spec: &ConflistSpec, pod_cidr: IpNet) -> Result<String, ConflistError> {
+    let pod = pod_cidr.trunc();
+    if !spec.cluster_cidr.contains(&pod) {
+        return Err(ConflistError::OutsideCluster {
+            pod,
+            cluster: spec.cluster_cidr,
+        });
+    }
+    let mtu = linen::mtu::max_pod_mtu(spec.underlay_mtu, linen::mtu::vxlan_overhead([&spec.vtep]))
+        .ok_or(ConflistError::UnderlayTooSmall(spec.underlay_mtu))?;
+    let (gateway, start, end, default_route) = match pod {
+        IpNet::V4(p) => {
+            let net = u32::from(p.network());
+            let bcast = u32::from(p.broadcast());
+            if bcast.saturating_sub(net) < 3 {
+                return Err(ConflistError::TooSmall(pod));
+            }
+            let ip = |n: u32| IpAddr::from(std::net::Ipv4Addr::from(n));
+            (ip(net + 1), ip(net + 2), ip(bcast - 1), "0.0.0.0/0")
+        }
+        IpNet::V6(p) => {
+            let net = u128::from(p.network());
+            let last = u128::from(p.broadcast());
+            if last.saturating_sub(net) < 3 {
+                return Err(ConflistError::TooSmall(pod));
+            }
+            let ip = |n: u128| IpAddr::from(std::net::Ipv6Addr::from(n));
+            (ip(net + 1), ip(net + 2), ip(last - 1), "::/0")
+        }
+    };
+    let mut linen = json!({
+        "type": "linen",
+        "ovsBridge": spec.ovs_bridge,
+        "ovsdbSocket": spec.ovsdb,
+        "datapathType": spec.datapath.as_ovs(),
+        "mtu": mtu,
+        "underlayMTU": spec.underlay_mtu,
+    });
+    if let TunnelKey::Vni(vni) = spec.key {
+        linen["vni"] = json!(vni);
+    }
+    let conf = json!({
+        "cniVersion": "1.0.0",
+        "name": spec.network,
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": spec.linux_bridge,
+                "isGateway": true,
+                "mtu": mtu,
+                "ipam": {
+                    "type": "host-local",
+                    "subnet": spec.cluster_cidr.trunc().to_string(),
+                    "rangeStart": start.to_string(),
+                    "rangeEnd": end.to_string(),
+                    "gateway": gateway.to_string(),
+                    "routes": [{ "dst": default_route }],
+                },
+            },
+            linen,
+        ],
+    });
+    let mut text = serde_json::to_string_pretty(&conf).expect("a JSON value serialises");
+    text.push('\n');
+    Ok(text)
+}
+
+/// Writes `content` to `path` unless it already holds exactly that, atomically: a temporary
+/// file in the same directory, fsync, rename over `path`, fsync of the directory. A reader
+/// (the container runtime) sees the old file or the new one, never a partial one. Returns
+/// whether it wrote.
+pub fn write_if_changed(path: &Path, content: &str) -> Result<bool, ConflistError> {
+    let err = |source| ConflistError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    if std::fs::read(path).is_ok_and(|old| old == content.as_bytes()) {
+        return Ok(false);
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    // Not ending in .conflist/.conf/.json: a runtime listing the directory ignores it.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{}.", name.as_deref().unwrap_or("conflist")))
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(err)?;
+    tmp.write_all(content.as_bytes()).map_err(err)?;
+    tmp.as_file().sync_all().map_err(err)?;
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .map_err(err)?;
+    tmp.persist(path).map_err(|e| err(e.error))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(err)?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn spec() -> ConflistSpec {
+        ConflistSpec {
+            network: "linen".into(),
+            linux_bridge: "kbr0".into(),
+            ovs_bridge: "br0".into(),
+            ovsdb: "unix:/var/run/openvswitch/db.sock".into(),
+            datapath: Datapath::System,
+            key: TunnelKey::Flow,
+            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+            underlay_mtu: 1500,
+            vtep: "192.0.2.1".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn renders_bridge_and_linen() {
+        let text = render(&spec(), "10.244.3.0/24".parse().unwrap()).unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["cniVersion"], "1.0.0");
+        assert_eq!(v["name"], "linen");
+        let bridge = &v["plugins"][0];
+        assert_eq!(bridge["type"], "bridge");
+        assert_eq!(bridge["bridge"], "kbr0");
+        assert_eq!(bridge["isGateway"], true);
+        assert_eq!(bridge["mtu"], 1450);
+        let ipam = &bridge["ipam"];
+        assert_eq!(ipam["type"], "host-local");
+        assert_eq!(ipam["subnet"], "10.244.0.0/16");
+        assert_eq!(ipam["gateway"], "10.244.3.1");
+        assert_eq!(ipam["rangeStart"], "10.244.3.2");
+        assert_eq!(ipam["rangeEnd"], "10.244.3.254");
+        let linen = &v["plugins"][1];
+        assert_eq!(linen["type"], "linen");
+        assert_eq!(linen["ovsBridge"], "br0");
+        assert_eq!(linen["datapathType"], "system");
+        assert_eq!(linen["mtu"], 1450);
+        assert!(linen.get("vtepIPs").is_none(), "flaxd manages the tunnels");
+        assert!(linen.get("vni").is_none());
+        // The plugin accepts what flaxd writes.
+        let cfg = linen::config::LinenConfig::from_json(linen).expect("linen parses it");
+        assert_eq!(cfg.mtu, Some(1450));
+        assert!(cfg.vtep_ips.is_empty());
+    }
+
+    #[test]
+    fn variants() {
+        let mut s = spec();
+        s.datapath = Datapath::Netdev;
+        s.key = TunnelKey::Vni(7);
+        s.underlay_mtu = 9000;
+        s.vtep = "2001:db8::1".parse().unwrap();
+        s.cluster_cidr = "fd10::/48".parse().unwrap();
+        let v: Value =
+            serde_json::from_str(&render(&s, "fd10:0:0:5::/64".parse().unwrap()).unwrap()).unwrap();
+        assert_eq!(v["plugins"][1]["mtu"], 8930, "IPv6 overhead is 70");
+        assert_eq!(v["plugins"][1]["vni"], 7);
+        assert_eq!(v["plugins"][1]["datapathType"], "netdev");
+        let ipam = &v["plugins"][0]["ipam"];
+        assert_eq!(ipam["gateway"], "fd10:0:0:5::1");
+        assert_eq!(ipam["routes"][0]["dst"], "::/0");
+    }
+
+    #[test]
+    fn refusals() {
+        let s = spec();
+        assert!(matches!(
+            render(&s, "10.9.0.0/24".parse().unwrap()),
+            Err(ConflistError::OutsideCluster { .. })
+        ));
+        assert!(matches!(
+            render(&s, "10.244.0.0/31".parse().unwrap()),
+            Err(ConflistError::TooSmall(_))
+        ));
+        let mut tiny = spec();
+        tiny.underlay_mtu = 100;
+        assert!(matches!(
+            render(&tiny, "10.244.1.0/24".parse().unwrap()),
+            Err(ConflistError::UnderlayTooSmall(100))
+        ));
+    }
+
+    #[test]
+    fn writes_only_changes_and_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("net.d/10-linen.conflist");
+        assert!(write_if_changed(&path, "a\n").unwrap());
+        assert!(!write_if_changed(&path, "a\n").unwrap(), "same content");
+        let before = std::fs::metadata(&path).unwrap().modified().unwrap();
+        assert!(write_if_changed(&path, "b\n").unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "b\n");
+        assert!(std::fs::metadata(&path).unwrap().modified().unwrap() >= before);
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, ["10-linen.conflist"], "no temporary file left");
+    }
+}

@@ -1,0 +1,268 @@
+//! Wiring: one membership source, the OVSDB watcher, the reconciler and the metrics server,
+//! as tasks of one [`Daemon`] that shuts down cleanly (lease revoked) or can be killed as a
+//! crash would.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use linen::config::Datapath;
+use linen::model::BridgeSpec;
+use tokio::sync::{Notify, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::conflist::ConflistSpec;
+use crate::desired::{NodeIdentity, TunnelPolicy};
+use crate::etcd::{EtcdConfig, EtcdError, EtcdSource};
+use crate::file::{FileError, FileSource};
+use crate::k8s::KubeSource;
+use crate::membership::{Publisher, Snapshot};
+use crate::metrics::{self, Metrics};
+use crate::overlay::OvsOverlay;
+use crate::ovs_watch::watch_ovs;
+use crate::reconcile::{Reconciler, ReconcilerConfig};
+
+/// Where membership comes from.
+pub enum SourceConfig {
+    Etcd(EtcdConfig),
+    /// A client from `kube::Config::infer()`, and the Node address type used as VTEP.
+    Kube {
+        client: kube::Client,
+        address_type: String,
+    },
+    File(PathBuf),
+}
+
+/// Everything but the source.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub me: NodeIdentity,
+    /// `unix:PATH` or `tcp:IP:PORT`.
+    pub ovsdb: String,
+    pub bridge: String,
+    pub datapath: Datapath,
+    pub policy: TunnelPolicy,
+    /// Where to write the conflist (with the Linux bridge name and underlay MTU it needs).
+    pub conflist: Option<ConflistOptions>,
+    pub cluster_cidr: IpNet,
+    /// A fixed pod subnet for this node (else the source's: etcd allocation, podCIDR, file).
+    pub pod_cidr: Option<IpNet>,
+    pub metrics_addr: Option<SocketAddr>,
+    pub debounce: Duration,
+    pub resync: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConflistOptions {
+    pub path: PathBuf,
+    pub network: String,
+    pub linux_bridge: String,
+    pub underlay_mtu: u32,
+}
+
+impl DaemonConfig {
+    /// Defaults for everything but identity and OVSDB address.
+    pub fn new(me: NodeIdentity, ovsdb: impl Into<String>) -> Self {
+        DaemonConfig {
+            me,
+            ovsdb: ovsdb.into(),
+            bridge: linen::config::DEFAULT_BRIDGE.to_owned(),
+            datapath: Datapath::System,
+            policy: TunnelPolicy {
+                hub: false,
+                key: linen::config::TunnelKey::Flow,
+            },
+            conflist: None,
+            cluster_cidr: "10.244.0.0/16".parse().expect("a valid CIDR"),
+            pod_cidr: None,
+            metrics_addr: None,
+            debounce: Duration::from_millis(100),
+            resync: Duration::from_secs(60),
+        }
+    }
+
+    fn reconciler(&self) -> ReconcilerConfig {
+        ReconcilerConfig {
+            me: self.me.clone(),
+            policy: self.policy,
+            bridge: BridgeSpec {
+                name: self.bridge.clone(),
+                datapath: self.datapath,
+                controller: None,
+            },
+            conflist: self.conflist.as_ref().map(|c| {
+                (
+                    c.path.clone(),
+                    ConflistSpec {
+                        network: c.network.clone(),
+                        linux_bridge: c.linux_bridge.clone(),
+                        ovs_bridge: self.bridge.clone(),
+                        ovsdb: self.ovsdb.clone(),
+                        datapath: self.datapath,
+                        key: self.policy.key,
+                        cluster_cidr: self.cluster_cidr,
+                        underlay_mtu: c.underlay_mtu,
+                        vtep: self.me.vtep,
+                    },
+                )
+            }),
+            pod_cidr: self.pod_cidr,
+            debounce: self.debounce,
+            resync: self.resync,
+            retry: (Duration::from_millis(100), Duration::from_secs(30)),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("etcd source")]
+    Etcd(#[from] EtcdError),
+    #[error("file source")]
+    File(#[from] FileError),
+    #[error("cannot listen on {addr} for metrics")]
+    MetricsBind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("a daemon task panicked")]
+    Panicked(#[source] tokio::task::JoinError),
+}
+
+/// A running flaxd.
+pub struct Daemon {
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), DaemonError>>,
+    metrics: Arc<Metrics>,
+    members: watch::Receiver<Snapshot>,
+    metrics_addr: Option<SocketAddr>,
+}
+
+impl Daemon {
+    /// Starts every task. Fails only if the metrics address cannot be bound; everything
+    /// else (OVSDB, etcd, the API server being down) is retried in the background.
+    pub async fn start(cfg: DaemonConfig, source: SourceConfig) -> Result<Daemon, DaemonError> {
+        let shutdown = CancellationToken::new();
+        let metrics = Metrics::new();
+        let (publisher, members) = Publisher::new();
+        let mut tasks: JoinSet<Result<(), DaemonError>> = JoinSet::new();
+        let metrics_addr = match cfg.metrics_addr {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| DaemonError::MetricsBind { addr, source })?;
+                let local = listener.local_addr().ok();
+                tasks.spawn(infallible(metrics::serve(
+                    listener,
+                    metrics.clone(),
+                    shutdown.clone(),
+                )));
+                local
+            }
+            None => None,
+        };
+        let ovs_changed = Arc::new(Notify::new());
+        tasks.spawn(infallible(watch_ovs(
+            cfg.ovsdb.clone(),
+            ovs_changed.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        )));
+        let reconciler = Reconciler::new(
+            cfg.reconciler(),
+            OvsOverlay::new(cfg.ovsdb.clone()),
+            metrics.clone(),
+        );
+        tasks.spawn(infallible(reconciler.run(
+            members.clone(),
+            ovs_changed,
+            shutdown.clone(),
+        )));
+        let token = shutdown.clone();
+        match source {
+            SourceConfig::Etcd(c) => {
+                tasks.spawn(async move { Ok(EtcdSource::new(c).run(publisher, token).await?) })
+            }
+            SourceConfig::File(p) => {
+                tasks.spawn(async move { Ok(FileSource::new(p).run(publisher, token).await?) })
+            }
+            SourceConfig::Kube {
+                client,
+                address_type,
+            } => tasks.spawn(infallible(
+                KubeSource::new(client, address_type).run(publisher, token),
+            )),
+        };
+        let token = shutdown.clone();
+        let task = tokio::spawn(async move {
+            // The first task to finish decides: an error (or panic) stops the daemon, a clean
+            // end only happens on shutdown. Then wait for the rest (the lease revoke).
+            let mut result = Ok(());
+            while let Some(r) = tasks.join_next().await {
+                let r = r.map_err(DaemonError::Panicked).and_then(|r| r);
+                if result.is_ok() {
+                    result = r;
+                }
+                token.cancel();
+            }
+            result
+        });
+        Ok(Daemon {
+            shutdown,
+            task,
+            metrics,
+            members,
+            metrics_addr,
+        })
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The membership as the source last published it.
+    pub fn members(&self) -> watch::Receiver<Snapshot> {
+        self.members.clone()
+    }
+
+    /// Where `/metrics` and `/healthz` are served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// A token that stops the daemon when cancelled (e.g. by a signal handler).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops every task cleanly (the etcd lease is revoked) and returns the daemon's result.
+    pub async fn shutdown(self) -> Result<(), DaemonError> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+
+    /// Waits until the daemon stops (after [`Daemon::shutdown_token`] is cancelled, or a task
+    /// fails).
+    pub async fn wait(self) -> Result<(), DaemonError> {
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(DaemonError::Panicked(e)),
+        }
+    }
+
+    /// Stops every task at once without any cleanup, as a crash would: the etcd lease is
+    /// left to expire.
+    pub fn kill(self) {
+        self.task.abort();
+    }
+}
+
+/// A task that cannot fail, as one of the daemon's tasks.
+async fn infallible(task: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    task.await;
+    Ok(())
+}

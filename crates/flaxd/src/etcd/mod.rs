@@ -1,0 +1,285 @@
+//! The etcd v3 membership source.
+//!
+//! Layout under a prefix (default `/linen`):
+//! - `<prefix>/nodes/<name>` = `{"vtep": IP, "podCIDR": CIDR}`, written by each flaxd under
+//!   a lease it keeps alive. A node that stops renewing (crashed, partitioned) disappears
+//!   after the lease TTL; one that shuts down revokes its lease and disappears at once.
+//! - `<prefix>/subnets/<net>-<len>` = the owning node's name: pod subnet allocations.
+//!   **Persistent, not under the lease**: a node that is down longer than the TTL still has
+//!   pods (and host-local's on-disk reservations) using addresses of its subnet, so handing
+//!   the subnet to another node would create duplicate addresses. A restarted node finds
+//!   its allocation by value and reuses it. Releasing a subnet of a decommissioned node is
+//!   an operator's `etcdctl del`.
+//!
+//! Allocation is an etcd transaction `if create_revision(key) == 0 then put(key, name)`:
+//! of two nodes racing for one subnet, exactly one wins, and the other picks again.
+
+mod follow;
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::time::Duration;
+
+pub use etcd_client;
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
+use ipnet::IpNet;
+use tokio_util::sync::CancellationToken;
+
+pub use follow::{Resume, follow_members};
+
+use crate::backoff::Backoff;
+use crate::membership::{MemberRecord, Publisher};
+use crate::subnet::{Slices, SubnetError, parse_subnet_key, subnet_key, subnets_prefix};
+
+/// Bound on every unary etcd request.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts at allocating a subnet before the error is reported (and retried later).
+const ALLOCATION_ATTEMPTS: usize = 32;
+
+#[derive(Debug, Clone)]
+pub struct EtcdConfig {
+    /// Client URLs, e.g. `http://127.0.0.1:2379`.
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    /// Lease time-to-live in seconds: how long a crashed node stays a member.
+    pub lease_ttl: i64,
+    pub node: String,
+    pub vtep: IpAddr,
+    /// A fixed pod subnet; when `None`, one is allocated from `allocate`.
+    pub pod_cidr: Option<IpNet>,
+    /// The cluster CIDR and the length of each node's slice of it.
+    pub allocate: Option<(IpNet, u8)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    #[error("cannot set up the etcd client for {endpoints:?}")]
+    Connect {
+        endpoints: Vec<String>,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error("etcd {step} failed")]
+    Request {
+        step: &'static str,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error("etcd {step} timed out after {REQUEST_TIMEOUT:?}")]
+    Timeout { step: &'static str },
+    #[error("the etcd watch was compacted at revision {revision}")]
+    Compacted { revision: i64 },
+    #[error("etcd canceled the watch: {reason}")]
+    WatchCanceled { reason: String },
+    #[error("the etcd watch stream ended")]
+    StreamEnded,
+    #[error("lease {lease} expired")]
+    LeaseExpired { lease: i64 },
+    #[error("cannot allocate a pod subnet")]
+    Subnet(#[from] SubnetError),
+    #[error("other nodes kept taking the subnet this node picked ({ALLOCATION_ATTEMPTS} attempts)")]
+    AllocationContended,
+    #[error("neither a pod subnet nor a cluster CIDR to allocate one from is configured")]
+    NoPodCidr,
+}
+
+pub(crate) fn nodes_prefix(prefix: &str) -> String {
+    format!("{}/nodes/", prefix.trim_end_matches('/'))
+}
+
+/// The key of `node`'s member record.
+pub fn node_key(prefix: &str, node: &str) -> String {
+    format!("{}{node}", nodes_prefix(prefix))
+}
+
+/// A client for `endpoints` that notices dead members quickly (HTTP/2 pings) and refuses to
+/// serve from a member cut off from the leader. Does not wait for etcd to be up.
+pub async fn connect(endpoints: &[String]) -> Result<Client, EtcdError> {
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+        .with_keep_alive_while_idle(true)
+        .with_require_leader(true);
+    Client::connect(endpoints, Some(opts))
+        .await
+        .map_err(|source| EtcdError::Connect {
+            endpoints: endpoints.to_vec(),
+            source,
+        })
+}
+
+async fn timed<T>(
+    step: &'static str,
+    f: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, EtcdError> {
+    tokio::time::timeout(REQUEST_TIMEOUT, f)
+        .await
+        .map_err(|_| EtcdError::Timeout { step })?
+        .map_err(|source| EtcdError::Request { step, source })
+}
+
+/// This node's pod subnet: its existing allocation if it has one, else a free slice claimed
+/// by a transaction. Safe against any number of nodes allocating at once.
+pub async fn allocate_subnet(
+    client: &mut Client,
+    prefix: &str,
+    node: &str,
+    slices: &Slices,
+) -> Result<IpNet, EtcdError> {
+    let all = subnets_prefix(prefix);
+    for _ in 0..ALLOCATION_ATTEMPTS {
+        let resp = timed(
+            "read of subnet allocations",
+            client.get(all.as_bytes(), Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
+        let mut taken = BTreeSet::new();
+        for kv in resp.kvs() {
+            let Some(net) = std::str::from_utf8(kv.key())
+                .ok()
+                .and_then(|k| parse_subnet_key(prefix, k))
+            else {
+                continue;
+            };
+            if kv.value() == node.as_bytes() && slices.contains(&net) {
+                tracing::info!(subnet = %net, "reusing this node's pod subnet");
+                return Ok(net);
+            }
+            taken.insert(net);
+        }
+        let pick = slices.pick(node, &taken)?;
+        let key = subnet_key(prefix, &pick);
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.as_str(), node, None)]);
+        if timed("subnet allocation", client.txn(txn))
+            .await?
+            .succeeded()
+        {
+            tracing::info!(subnet = %pick, "allocated a pod subnet");
+            return Ok(pick);
+        }
+        tracing::debug!(subnet = %pick, "another node took this subnet first; picking again");
+    }
+    Err(EtcdError::AllocationContended)
+}
+
+/// The etcd source: registers this node, keeps its lease alive, and publishes the members.
+pub struct EtcdSource {
+    cfg: EtcdConfig,
+}
+
+impl EtcdSource {
+    pub fn new(cfg: EtcdConfig) -> Self {
+        EtcdSource { cfg }
+    }
+
+    /// Runs until `shutdown`, then revokes the lease so that peers drop this node at once.
+    /// Only a client that cannot be built at all is an error; everything else is retried.
+    pub async fn run(
+        self,
+        publisher: Publisher,
+        shutdown: CancellationToken,
+    ) -> Result<(), EtcdError> {
+        let mut client = connect(&self.cfg.endpoints).await?;
+        let mut backoff = Backoff::standard();
+        let pod_cidr = loop {
+            let res = match (self.cfg.pod_cidr, self.cfg.allocate) {
+                (Some(c), _) => Ok(c),
+                (None, Some((cluster, len))) => match Slices::new(cluster, len) {
+                    Ok(s) => {
+                        allocate_subnet(&mut client, &self.cfg.prefix, &self.cfg.node, &s).await
+                    }
+                    Err(e) => return Err(e.into()),
+                },
+                (None, None) => return Err(EtcdError::NoPodCidr),
+            };
+            match res {
+                Ok(c) => break c,
+                Err(e) => {
+                    publisher.set_connected(false);
+                    tracing::warn!(error = %crate::reconcile::error_chain(&e), "cannot get a pod subnet yet; retrying");
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = backoff.wait() => {}
+            }
+        };
+        let record = MemberRecord {
+            vtep: self.cfg.vtep,
+            pod_cidr: Some(pod_cidr),
+        };
+        let mut lease = None;
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = self.keep_registered(client.clone(), &record, &mut lease) => {}
+            _ = follow_members(client.clone(), &self.cfg.prefix, &publisher, None, shutdown.clone()) => {}
+        }
+        if let Some(id) = lease {
+            match timed("lease revoke", client.lease_revoke(id)).await {
+                Ok(_) => tracing::info!(lease = id, "lease revoked; peers drop this node now"),
+                Err(e) => {
+                    tracing::warn!(error = %crate::reconcile::error_chain(&e), "cannot revoke the lease; peers drop this node when it expires")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps `<prefix>/nodes/<node>` present under a live lease, forever: grants a lease,
+    /// writes the record, renews every TTL/3; a lost lease or stream starts over.
+    async fn keep_registered(
+        &self,
+        mut client: Client,
+        record: &MemberRecord,
+        lease: &mut Option<i64>,
+    ) {
+        let key = node_key(&self.cfg.prefix, &self.cfg.node);
+        let value = record.to_json();
+        let ttl = self.cfg.lease_ttl.max(1);
+        let period = Duration::from_millis((ttl as u64 * 1000 / 3).max(100));
+        let mut backoff = Backoff::new(Duration::from_millis(100), period);
+        loop {
+            let err = async {
+                let id = match *lease {
+                    Some(id) => id,
+                    None => {
+                        let granted = timed("lease grant", client.lease_grant(ttl, None)).await?;
+                        *lease = Some(granted.id());
+                        granted.id()
+                    }
+                };
+                let put = client.put(
+                    key.as_str(),
+                    value.as_str(),
+                    Some(PutOptions::new().with_lease(id)),
+                );
+                timed("registration", put).await?;
+                tracing::info!(key, lease = id, ttl, "registered in etcd");
+                let (mut keeper, mut stream) =
+                    timed("lease keep-alive", client.lease_keep_alive(id)).await?;
+                loop {
+                    timed("lease keep-alive", keeper.keep_alive()).await?;
+                    let resp = timed("lease keep-alive", stream.message()).await?;
+                    match resp {
+                        Some(r) if r.ttl() > 0 => backoff.reset(),
+                        _ => {
+                            return Err::<(), _>(EtcdError::LeaseExpired { lease: id });
+                        }
+                    }
+                    tokio::time::sleep(period).await;
+                }
+            }
+            .await
+            .err();
+            if let Some(e) = err {
+                // Start over with a new lease: the old one may be gone, and if it is not,
+                // it expires harmlessly once the record is attached to the new one.
+                *lease = None;
+                tracing::warn!(error = %crate::reconcile::error_chain(&e), "etcd registration interrupted; renewing");
+            }
+            backoff.wait().await;
+        }
+    }
+}

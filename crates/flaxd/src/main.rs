@@ -1,0 +1,195 @@
+//! `flaxd`: parse flags, build the real dependencies, run the daemon until SIGTERM/SIGINT.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, ValueEnum};
+use flaxd::etcd::EtcdConfig;
+use flaxd::ipnet::IpNet;
+use flaxd::linen::config::{Datapath, MAX_VNI, TunnelKey};
+use flaxd::{ConflistOptions, Daemon, DaemonConfig, NodeIdentity, SourceConfig, TunnelPolicy};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Source {
+    Etcd,
+    Kube,
+    File,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DatapathArg {
+    System,
+    Netdev,
+}
+
+/// Linen's node daemon: keeps this node's VXLAN tunnels in step with cluster membership.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// This node's name (the Kubernetes Node name with --source kube).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// This node's VTEP address.
+    #[arg(long, env = "FLAXD_VTEP", conflicts_with = "vtep_iface")]
+    vtep: Option<IpAddr>,
+    /// Take the VTEP address from this interface (its first IPv4, else IPv6 address).
+    #[arg(long, env = "FLAXD_VTEP_IFACE")]
+    vtep_iface: Option<String>,
+    /// The underlay MTU; default: the MTU of the interface holding the VTEP address.
+    #[arg(long, env = "FLAXD_UNDERLAY_MTU")]
+    underlay_mtu: Option<u32>,
+    /// OVSDB address: unix:PATH or tcp:IP:PORT.
+    #[arg(long, env = "FLAXD_OVSDB", default_value = flaxd::linen::config::DEFAULT_OVSDB)]
+    ovsdb: String,
+    /// The OVS bridge.
+    #[arg(long, env = "FLAXD_BRIDGE", default_value = flaxd::linen::config::DEFAULT_BRIDGE)]
+    bridge: String,
+    #[arg(long, env = "FLAXD_DATAPATH", value_enum, default_value = "system")]
+    datapath: DatapathArg,
+    /// A fixed VXLAN network identifier; default key=flow.
+    #[arg(long, env = "FLAXD_VNI")]
+    vni: Option<u32>,
+    /// This node is the hub of a hub-and-spoke layout: leave its tunnels unprotected.
+    #[arg(long, env = "FLAXD_HUB")]
+    hub: bool,
+    /// The whole pod network (one layer-2 overlay).
+    #[arg(long, env = "FLAXD_CLUSTER_CIDR", default_value = "10.244.0.0/16")]
+    cluster_cidr: IpNet,
+    /// The prefix length of each node's pod subnet, when etcd allocates them.
+    #[arg(long, env = "FLAXD_SUBNET_LEN", default_value_t = 24)]
+    subnet_len: u8,
+    /// A fixed pod subnet for this node (default: allocated by etcd, or the Node's podCIDR,
+    /// or this node's entry in the peer file).
+    #[arg(long, env = "FLAXD_POD_CIDR")]
+    pod_cidr: Option<IpNet>,
+    #[arg(long, env = "FLAXD_SOURCE", value_enum)]
+    source: Source,
+    /// etcd client URLs, comma-separated.
+    #[arg(
+        long,
+        env = "FLAXD_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    etcd_endpoints: Vec<String>,
+    #[arg(long, env = "FLAXD_ETCD_PREFIX", default_value = "/linen")]
+    etcd_prefix: String,
+    /// Seconds a node that stops renewing its lease stays a member.
+    #[arg(long, env = "FLAXD_ETCD_LEASE_TTL", default_value_t = 10)]
+    etcd_lease_ttl: i64,
+    /// The Node address type used as VTEP with --source kube.
+    #[arg(long, env = "FLAXD_KUBE_ADDRESS_TYPE", default_value = flaxd::k8s::DEFAULT_ADDRESS_TYPE)]
+    kube_address_type: String,
+    /// The peer list (JSON or YAML) with --source file.
+    #[arg(long, env = "FLAXD_PEERS_FILE")]
+    peers_file: Option<PathBuf>,
+    /// Write this node's CNI conflist here (e.g. /etc/cni/net.d/10-linen.conflist).
+    #[arg(long, env = "FLAXD_CONFLIST")]
+    conflist: Option<PathBuf>,
+    /// The CNI network name in the conflist.
+    #[arg(long, env = "FLAXD_NETWORK_NAME", default_value = "linen")]
+    network_name: String,
+    /// The pods' Linux bridge in the conflist.
+    #[arg(long, env = "FLAXD_LINUX_BRIDGE", default_value = "kbr0")]
+    linux_bridge: String,
+    /// Serve /metrics and /healthz here.
+    #[arg(long, env = "FLAXD_METRICS_ADDR", default_value = "0.0.0.0:9109")]
+    metrics_addr: SocketAddr,
+    /// Seconds between full resyncs.
+    #[arg(long, env = "FLAXD_RESYNC", default_value_t = 60)]
+    resync: u64,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLAXD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let (vtep, iface) = match (args.vtep, &args.vtep_iface) {
+        (Some(ip), _) => (ip, flaxd::host::interface_of(ip).ok()),
+        (None, Some(i)) => (flaxd::host::interface_address(i)?, Some(i.clone())),
+        (None, None) => bail!("give --vtep or --vtep-iface"),
+    };
+    let key = match args.vni {
+        Some(v) if v > MAX_VNI => bail!("--vni {v} is out of range (0 to {MAX_VNI})"),
+        Some(v) => TunnelKey::Vni(v),
+        None => TunnelKey::Flow,
+    };
+    let me = NodeIdentity {
+        name: args.node_name.clone(),
+        vtep,
+    };
+    let mut cfg = DaemonConfig::new(me, args.ovsdb.clone());
+    cfg.bridge = args.bridge.clone();
+    cfg.datapath = match args.datapath {
+        DatapathArg::System => Datapath::System,
+        DatapathArg::Netdev => Datapath::Netdev,
+    };
+    cfg.policy = TunnelPolicy { hub: args.hub, key };
+    cfg.cluster_cidr = args.cluster_cidr;
+    cfg.pod_cidr = args.pod_cidr;
+    cfg.metrics_addr = Some(args.metrics_addr);
+    cfg.resync = Duration::from_secs(args.resync.max(1));
+    if let Some(path) = &args.conflist {
+        let underlay_mtu = match (args.underlay_mtu, &iface) {
+            (Some(m), _) => m,
+            (None, Some(i)) => flaxd::host::interface_mtu(i)?,
+            (None, None) => bail!("cannot tell the underlay MTU: give --underlay-mtu"),
+        };
+        cfg.conflist = Some(ConflistOptions {
+            path: path.clone(),
+            network: args.network_name.clone(),
+            linux_bridge: args.linux_bridge.clone(),
+            underlay_mtu,
+        });
+    }
+    let source = match args.source {
+        Source::Etcd => SourceConfig::Etcd(EtcdConfig {
+            endpoints: args.etcd_endpoints.clone(),
+            prefix: args.etcd_prefix.clone(),
+            lease_ttl: args.etcd_lease_ttl,
+            node: args.node_name.clone(),
+            vtep,
+            pod_cidr: args.pod_cidr,
+            allocate: Some((args.cluster_cidr, args.subnet_len)),
+        }),
+        Source::Kube => {
+            let config = flaxd::k8s::kube::Config::infer()
+                .await
+                .context("no Kubernetes configuration (in-cluster or kubeconfig)")?;
+            let client = flaxd::k8s::kube::Client::try_from(config)
+                .context("cannot build the Kubernetes client")?;
+            SourceConfig::Kube {
+                client,
+                address_type: args.kube_address_type.clone(),
+            }
+        }
+        Source::File => SourceConfig::File(
+            args.peers_file
+                .clone()
+                .context("--source file needs --peers-file")?,
+        ),
+    };
+    tracing::info!(node = args.node_name, %vtep, source = ?args.source, "flaxd starting");
+    let daemon = Daemon::start(cfg, source).await?;
+    let token = daemon.shutdown_token();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("a SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        }
+        token.cancel();
+    });
+    daemon.wait().await?;
+    tracing::info!("flaxd stopped");
+    Ok(())
+}
