@@ -6,29 +6,40 @@ use thiserror::Error;
 
 use crate::ovs::SCHEMA;
 
-pub const INSTALL_HINT: &str = "install them with `apt-get install openvswitch-switch containernetworking-plugins iputils-ping iproute2` (or the project's scripts/install-deps.sh)";
+pub const INSTALL_HINT: &str =
+    "install them with `./scripts/install-deps.sh` (as root, from the repository)";
 
-/// Programs looked up in `PATH`.
-pub const PROGRAMS: &[&str] = &[
-    "ip",
-    "ovsdb-server",
-    "ovs-vswitchd",
-    "ovs-vsctl",
-    "ovs-appctl",
-    "ovsdb-tool",
-    "ping",
+/// Programs looked up in `PATH`, with the Debian package that provides each.
+pub const PROGRAMS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("ovsdb-server", "openvswitch-switch"),
+    ("ovs-vswitchd", "openvswitch-switch"),
+    ("ovs-vsctl", "openvswitch-switch"),
+    ("ovs-appctl", "openvswitch-switch"),
+    ("ovsdb-tool", "openvswitch-switch"),
+    ("ping", "iputils-ping"),
 ];
 
-/// Files at fixed paths: the CNI plugins pods will be wired with, and the
-/// OVSDB schema every node's database is created from.
-pub const FILES: &[&str] = &["/usr/lib/cni/bridge", "/usr/lib/cni/host-local", SCHEMA];
+/// Files at fixed paths: the CNI plugins pods are wired with, and the OVSDB
+/// schema every node's database is created from.
+pub const FILES: &[(&str, &str)] = &[
+    ("/usr/lib/cni/bridge", "containernetworking-plugins"),
+    ("/usr/lib/cni/host-local", "containernetworking-plugins"),
+    (SCHEMA, "openvswitch-common"),
+];
 
 #[derive(Debug, Error)]
 pub enum Error {
     #[error("linen-lab must run as root (it creates network namespaces and starts OVS); try sudo")]
     NotRoot,
-    #[error("missing system tools: {}; {INSTALL_HINT}", .missing.join(", "))]
-    Missing { missing: Vec<String> },
+    #[error(
+        "missing system tools: {} (Debian packages: {}); {INSTALL_HINT} or `apt-get install {}`",
+        .missing.join(", "), .packages.join(", "), .packages.join(" ")
+    )]
+    Missing {
+        missing: Vec<String>,
+        packages: Vec<String>,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -42,25 +53,34 @@ pub fn check() -> Result<()> {
     let dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
     let missing = missing_tools(&dirs, PROGRAMS, FILES);
     if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Missing { missing })
+        return Ok(());
     }
+    let mut packages: Vec<String> = missing.iter().map(|(_, p)| p.to_string()).collect();
+    packages.sort();
+    packages.dedup();
+    Err(Error::Missing {
+        missing: missing.into_iter().map(|(what, _)| what).collect(),
+        packages,
+    })
 }
 
 /// Pure part of `check`: which of `programs` is in none of `dirs`, and which
-/// of `files` does not exist.
-pub fn missing_tools(dirs: &[PathBuf], programs: &[&str], files: &[&str]) -> Vec<String> {
+/// of `files` does not exist, each with its package.
+pub fn missing_tools<'a>(
+    dirs: &[PathBuf],
+    programs: &[(&str, &'a str)],
+    files: &[(&str, &'a str)],
+) -> Vec<(String, &'a str)> {
     let in_path = |p: &str| dirs.iter().any(|d| is_executable(&d.join(p)));
     programs
         .iter()
-        .filter(|p| !in_path(p))
-        .map(|p| format!("{p} (not in PATH)"))
+        .filter(|(p, _)| !in_path(p))
+        .map(|(p, pkg)| (format!("{p} (not in PATH)"), *pkg))
         .chain(
             files
                 .iter()
-                .filter(|f| !is_executable(Path::new(f)) && !Path::new(f).is_file())
-                .map(|f| f.to_string()),
+                .filter(|(f, _)| !Path::new(f).is_file())
+                .map(|(f, pkg)| (f.to_string(), *pkg)),
         )
         .collect()
 }
@@ -88,26 +108,26 @@ mod tests {
         let file = tool.to_string_lossy().into_owned();
         let missing = missing_tools(
             &dirs,
-            &["present", "plain", "absent"],
-            &[&file, "/nonexistent/host-local"],
+            &[("present", "p1"), ("plain", "p2"), ("absent", "p3")],
+            &[(&file, "p4"), ("/nonexistent/host-local", "p5")],
         );
-        assert_eq!(
-            missing,
-            vec![
-                "plain (not in PATH)",
-                "absent (not in PATH)",
-                "/nonexistent/host-local"
-            ]
-        );
+        let want: Vec<(String, &str)> = vec![
+            ("plain (not in PATH)".into(), "p2"),
+            ("absent (not in PATH)".into(), "p3"),
+            ("/nonexistent/host-local".into(), "p5"),
+        ];
+        assert_eq!(missing, want);
     }
 
     #[test]
-    fn missing_message_says_how_to_install() {
+    fn missing_message_names_packages_and_the_script() {
         let e = Error::Missing {
             missing: vec!["ping (not in PATH)".into()],
+            packages: vec!["iputils-ping".into()],
         };
         let msg = e.to_string();
-        assert!(msg.contains("ping"));
-        assert!(msg.contains("apt-get install openvswitch-switch"));
+        assert!(msg.contains("ping (not in PATH)"), "{msg}");
+        assert!(msg.contains("./scripts/install-deps.sh"), "{msg}");
+        assert!(msg.contains("apt-get install iputils-ping"), "{msg}");
     }
 }

@@ -1,0 +1,340 @@
+//! `linen-lab`: parse, call the library, map the error. The demo's script of
+//! steps lives in `demo.rs`.
+
+mod demo;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use linen_lab::{Cluster, ClusterSpec, LabState, Topology, ping, report, traffic};
+
+#[derive(Parser)]
+#[command(version, about = "A multi-node Linen cluster on one machine")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct Lab {
+    /// Lab name; namespaces are <name>-ul, <name>-n1.., pods <name>-n1-p1..
+    #[arg(long, default_value = "linen")]
+    name: String,
+    /// Lab directory [default: /run/linen-lab/<name>]
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+impl Lab {
+    fn dir(&self) -> PathBuf {
+        self.dir
+            .clone()
+            .unwrap_or_else(|| linen_lab::default_dir(&self.name))
+    }
+
+    /// The recorded state of a lab that must exist.
+    fn state(&self) -> Result<LabState> {
+        let dir = self.dir();
+        linen_lab::load(&dir)?.with_context(|| {
+            format!(
+                "lab {} is not running (no state in {}); start it with `linen-lab up --name {}`",
+                self.name,
+                dir.display(),
+                self.name
+            )
+        })
+    }
+
+    /// Locks the running lab to change it.
+    fn open(&self) -> Result<Cluster> {
+        Ok(Cluster::open(&self.name, &self.dir())?)
+    }
+}
+
+#[derive(clap::Args, Clone)]
+struct Shape {
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    #[arg(long, value_enum, default_value_t = TopologyArg::Mesh)]
+    topology: TopologyArg,
+    #[arg(long, default_value_t = 2)]
+    pods_per_node: u16,
+    /// Underlay MTU; pods get 50 less (VXLAN).
+    #[arg(long, default_value_t = linen_lab::spec::DEFAULT_UNDERLAY_MTU)]
+    mtu: u32,
+}
+
+impl Shape {
+    fn spec(&self, lab: &Lab) -> ClusterSpec {
+        ClusterSpec {
+            dir: Some(lab.dir()),
+            topology: match self.topology {
+                TopologyArg::Mesh => Topology::Mesh,
+                TopologyArg::Hub => Topology::Hub,
+            },
+            pods_per_node: self.pods_per_node,
+            underlay_mtu: self.mtu,
+            ..ClusterSpec::new(&lab.name, self.nodes)
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the underlay and the nodes (each with its own OVS), verify
+    /// node-to-node pings, wire the pods through CNI, and leave it running.
+    Up {
+        #[command(flatten)]
+        lab: Lab,
+        #[command(flatten)]
+        shape: Shape,
+    },
+    /// CNI DEL every pod, stop everything the lab started, delete its
+    /// namespaces and directory.
+    Down {
+        #[command(flatten)]
+        lab: Lab,
+    },
+    /// Nodes, pods with their addresses, Linen's tunnels per node.
+    Status {
+        #[command(flatten)]
+        lab: Lab,
+    },
+    /// Run a command in a node's namespace (with OVS_RUNDIR set to its OVS)
+    /// or in a pod's.
+    Exec {
+        #[command(flatten)]
+        lab: Lab,
+        /// A node (<lab>-n1, n1 or 1) or a pod (<lab>-n1-p1 or n1-p1).
+        target: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Every pod pings every other pod and its gateway; fails if any does not answer.
+    #[command(alias = "check")]
+    Ping {
+        #[command(flatten)]
+        lab: Lab,
+    },
+    /// A TCP transfer (iperf3) between pods on two nodes, and node to node
+    /// over the underlay for comparison.
+    #[command(alias = "iperf")]
+    Tcp {
+        #[command(flatten)]
+        lab: Lab,
+        /// Client pod [default: the first pod of the first node]
+        #[arg(long, requires = "to")]
+        from: Option<String>,
+        /// Server pod [default: the first pod of the last node]
+        #[arg(long, requires = "from")]
+        to: Option<String>,
+        #[arg(long, default_value_t = 3)]
+        seconds: u32,
+    },
+    /// Add a pod to a node (CNI ADD).
+    AddPod {
+        #[command(flatten)]
+        lab: Lab,
+        node: String,
+    },
+    /// Delete a pod (CNI DEL, then its namespace).
+    DelPod {
+        #[command(flatten)]
+        lab: Lab,
+        pod: String,
+    },
+    /// A new node joins; the others' conflists are rewritten and their
+    /// tunnels updated at once.
+    AddNode {
+        #[command(flatten)]
+        lab: Lab,
+        /// Pods to add on the new node.
+        #[arg(long, default_value_t = 0)]
+        pods: u16,
+    },
+    /// A node leaves with its pods; the others' tunnels to it are removed.
+    DelNode {
+        #[command(flatten)]
+        lab: Lab,
+        node: String,
+    },
+    /// Up, status, ping matrix, TCP throughput over the overlay and the
+    /// underlay, then down (unless --keep).
+    Demo {
+        #[command(flatten)]
+        lab: Lab,
+        #[command(flatten)]
+        shape: Shape,
+        /// Leave the lab running at the end.
+        #[arg(long)]
+        keep: bool,
+        /// Length of each TCP transfer.
+        #[arg(long, default_value_t = 3)]
+        seconds: u32,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TopologyArg {
+    Mesh,
+    Hub,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The demo narrates its own steps; library logs would only repeat them.
+    let default_filter = match cli.command {
+        Command::Demo { .. } => "warn",
+        _ => "info",
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_filter.into()),
+        )
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("linen-lab: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Up { lab, shape } => {
+            let state = Cluster::up(shape.spec(&lab))?.detach()?;
+            print_status(&state.dir)?;
+        }
+        Command::Down { lab } => {
+            linen_lab::down(&lab.name, &lab.dir())?;
+            eprintln!("lab {} is down", lab.name);
+        }
+        Command::Status { lab } => match linen_lab::status(&lab.dir())? {
+            Some((state, nodes)) => print!("{}", report::status(&state, &nodes)),
+            None => println!(
+                "lab {}: not running (no state in {})",
+                lab.name,
+                lab.dir().display()
+            ),
+        },
+        Command::Exec {
+            lab,
+            target,
+            command,
+        } => return exec(&lab, &target, &command),
+        Command::Ping { lab } => {
+            let matrix = ping::run(&lab.state()?);
+            print!("{}", matrix.render());
+            if !matrix.passed() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Tcp {
+            lab,
+            from,
+            to,
+            seconds,
+        } => {
+            let state = lab.state()?;
+            let (client, server) = match (from, to) {
+                (Some(from), Some(to)) => (pod(&lab, &state, &from)?, pod(&lab, &state, &to)?),
+                _ => traffic::cross_node_pods(&state)
+                    .context("the TCP test needs wired pods on two different nodes")?,
+            };
+            demo::transfers(&state, client, server, seconds)?;
+        }
+        Command::AddPod { lab, node } => {
+            let pod = lab.open()?.add_pod(&node)?;
+            print!("{}", report::pods_table(&single(&lab, pod)?));
+        }
+        Command::DelPod { lab, pod } => {
+            lab.open()?.del_pod(&pod)?;
+            eprintln!("pod {pod} deleted");
+        }
+        Command::AddNode { lab, pods } => {
+            let mut cluster = lab.open()?;
+            let node = cluster.add_node()?;
+            if pods > 0 {
+                cluster.add_pods(&[(node.index, pods)])?;
+            }
+            drop(cluster);
+            eprintln!(
+                "node {} joined ({}); other nodes' conflists rewritten and tunnels updated",
+                node.name, node.underlay_ip
+            );
+            print_status(&lab.dir())?;
+        }
+        Command::DelNode { lab, node } => {
+            lab.open()?.del_node(&node)?;
+            eprintln!("node {node} left; other nodes' tunnels to it removed");
+            print_status(&lab.dir())?;
+        }
+        Command::Demo {
+            lab,
+            shape,
+            keep,
+            seconds,
+        } => return demo::run(shape.spec(&lab), keep, seconds),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_status(dir: &std::path::Path) -> Result<()> {
+    if let Some((state, nodes)) = linen_lab::status(dir)? {
+        print!("{}", report::status(&state, &nodes));
+    }
+    Ok(())
+}
+
+fn pod<'a>(lab: &Lab, state: &'a LabState, name: &str) -> Result<&'a linen_lab::Pod> {
+    state
+        .pod(name)
+        .with_context(|| format!("lab {} has no pod {name}", lab.name))
+}
+
+/// A state holding only `pod`, for printing one row.
+fn single(lab: &Lab, pod: linen_lab::Pod) -> Result<LabState> {
+    let mut state = lab.state()?;
+    state.pods = vec![pod];
+    Ok(state)
+}
+
+fn exec(lab: &Lab, target: &str, command: &[String]) -> Result<ExitCode> {
+    let state = lab.state()?;
+    let (program, args) = command.split_first().context("no command given")?;
+    let mut cmd = if let Some(node) = state.node(target) {
+        node.command(program)
+    } else if let Some(pod) = state.pod(target) {
+        pod.netns.command(program)
+    } else {
+        bail!(
+            "lab {} has no node or pod {target} (nodes: {}; pods: {})",
+            lab.name,
+            state
+                .nodes
+                .iter()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            state
+                .pods
+                .iter()
+                .map(|p| p.short_name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    };
+    let status = cmd
+        .args(args)
+        .status()
+        .with_context(|| format!("run {program} in {target}"))?;
+    Ok(ExitCode::from(
+        status.code().unwrap_or(1).clamp(0, 255) as u8
+    ))
+}
