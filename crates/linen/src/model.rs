@@ -73,7 +73,7 @@ impl BridgeSpec {
     }
 
     /// `external_ids` of the bridge's internal Port and Interface.
-    pub fn internal_external_ids(&self) -> BTreeMap<String, String> {
+    pub fn internal_external_ids() -> BTreeMap<String, String> {
         owned_ids("internal")
     }
 

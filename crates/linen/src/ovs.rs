@@ -298,10 +298,12 @@ fn translate(
     observed: Option<&ObservedBridge>,
     out: &mut Vec<Operation>,
 ) {
+    // Every op but CreateBridge is planned against an observed bridge. Were the uuid ever
+    // missing, the nil uuid matches no row: the write counts 0 rows and is retried.
     let on_bridge = || vec![Condition::uuid(bridge.unwrap_or_else(Uuid::nil))];
     match op {
         Op::CreateBridge { spec, tunnels } => {
-            let mut ports = vec![internal_port(spec, i, out)];
+            let mut ports = vec![internal_port(&spec.name, i, out)];
             for (j, t) in tunnels.iter().enumerate() {
                 ports.push(tunnel_port(t, &format!("{i}_{j}"), out));
             }
@@ -335,12 +337,7 @@ fn translate(
             ));
         }
         Op::AddInternalPort { bridge: name } => {
-            let spec = BridgeSpec {
-                name: name.clone(),
-                datapath: crate::config::Datapath::System,
-                controller: None,
-            };
-            let port = internal_port(&spec, i, out);
+            let port = internal_port(name, i, out);
             out.push(add_ports(on_bridge(), &[port]));
         }
         Op::SetControllers { keep, add, .. } => {
@@ -430,10 +427,10 @@ fn named_set(names: &[String]) -> Datum {
     Datum::set(names.iter().map(Atom::named_uuid))
 }
 
-fn internal_port(spec: &BridgeSpec, i: usize, out: &mut Vec<Operation>) -> String {
-    let ids = spec.internal_external_ids();
+fn internal_port(bridge: &str, i: usize, out: &mut Vec<Operation>) -> String {
+    let ids = BridgeSpec::internal_external_ids();
     let iface = Interface {
-        name: spec.name.clone(),
+        name: bridge.to_owned(),
         kind: "internal".into(),
         external_ids: ids.clone(),
         ..Default::default()

@@ -69,7 +69,7 @@ fn block_on<T>(fut: impl Future<Output = Result<T>>) -> Result<T> {
 }
 
 /// What ADD and CHECK both work out from the configuration and the node.
-struct Plan {
+struct Prepared {
     cfg: LinenConfig,
     bridge: BridgeSpec,
     tunnels: Vec<TunnelSpec>,
@@ -78,7 +78,7 @@ struct Plan {
     underlay_mtu: Option<u32>,
 }
 
-async fn plan(cfg: LinenConfig, nl: &Netlink) -> Result<Plan> {
+async fn prepare(cfg: LinenConfig, nl: &Netlink) -> Result<Prepared> {
     // One list of VTEPs can serve every node of a mesh: skip this node's own addresses.
     let local = nl.local_addresses().await?;
     let remotes: Vec<IpAddr> = cfg
@@ -125,7 +125,7 @@ async fn plan(cfg: LinenConfig, nl: &Netlink) -> Result<Plan> {
             peer: None,
         })
         .collect();
-    Ok(Plan {
+    Ok(Prepared {
         cfg,
         bridge,
         tunnels,
@@ -194,7 +194,7 @@ async fn add(args: &CmdArgs) -> Result<types::Result> {
     let (cfg, prev) = config_and_prev(args)?;
     let nl = Netlink::connect()?;
     let att = attached(prev, &args.ifname, &nl).await?;
-    let plan = plan(cfg, &nl).await?;
+    let plan = prepare(cfg, &nl).await?;
 
     let ovs = Ovs::connect(&plan.cfg.ovsdb).await?;
     let ensured = ovs
@@ -282,7 +282,7 @@ async fn check(args: &CmdArgs) -> Result<()> {
     let (cfg, prev) = config_and_prev(args)?;
     let nl = Netlink::connect()?;
     let att = attached(prev, &args.ifname, &nl).await?;
-    let plan = plan(cfg, &nl).await?;
+    let plan = prepare(cfg, &nl).await?;
 
     let ovs = Ovs::connect(&plan.cfg.ovsdb).await?;
     let (observed, elsewhere) = ovs.observe(&plan.bridge.name).await?;

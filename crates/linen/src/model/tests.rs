@@ -38,7 +38,7 @@ fn internal_port() -> ObservedPort {
     ObservedPort {
         uuid: "p-br0".into(),
         name: "br0".into(),
-        external_ids: spec(None).internal_external_ids(),
+        external_ids: BridgeSpec::internal_external_ids(),
         ..Default::default()
     }
 }
