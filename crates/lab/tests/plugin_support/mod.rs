@@ -67,9 +67,11 @@ impl Lab {
             .try_init();
         let name = format!("lp{}", random_suffix());
         let root = tempfile::tempdir().expect("temp dir");
+        // Nodes only: each test makes its own pods with its own conflists.
         let spec = ClusterSpec {
             dir: Some(root.path().join(&name)),
             topology,
+            pods_per_node: 0,
             ..ClusterSpec::new(&name, nodes)
         };
         let cluster =
