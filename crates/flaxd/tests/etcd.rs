@@ -1,0 +1,259 @@
+//! flaxd with the etcd source, against a real etcd (started per test on loopback) and a real
+//! Open vSwitch per simulated node (userspace datapath). VTEPs are TEST-NET-1 addresses
+//! that no packet is ever sent to.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::{Etcd, LONG, Node, eventually, init_logs};
+use flaxd::etcd::{Resume, allocate_subnet, etcd_client, follow_members, node_key};
+use flaxd::membership::Publisher;
+use flaxd::subnet::Slices;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_converge_and_a_leaving_node_is_dropped_at_once() {
+    init_logs();
+    let etcd = Etcd::start().await;
+    let eps = etcd.endpoints();
+    let a = Node::new("a", "192.0.2.1");
+    let b = Node::new("b", "192.0.2.2");
+    let c = Node::new("c", "192.0.2.3");
+    // A long TTL: only the revoke on shutdown can make c disappear in time.
+    let da = a.start_etcd(&eps, 60).await;
+    let db = b.start_etcd(&eps, 60).await;
+    let dc = c.start_etcd(&eps, 60).await;
+
+    a.ovs
+        .await_tunnels(&[("b", "192.0.2.2"), ("c", "192.0.2.3")])
+        .await;
+    b.ovs
+        .await_tunnels(&[("a", "192.0.2.1"), ("c", "192.0.2.3")])
+        .await;
+    let t = c
+        .ovs
+        .await_tunnels(&[("a", "192.0.2.1"), ("b", "192.0.2.2")])
+        .await;
+    assert!(
+        t.values().all(|p| p.protected),
+        "a mesh's tunnels are protected"
+    );
+
+    // Each node got its own pod subnet, and its conflist says so.
+    let gateways: BTreeSet<String> = [
+        a.await_conflist_subnet().await,
+        b.await_conflist_subnet().await,
+        c.await_conflist_subnet().await,
+    ]
+    .into();
+    assert_eq!(gateways.len(), 3, "{gateways:?}");
+
+    // c leaves cleanly: its lease is revoked, so the others drop it well before the TTL.
+    let left = Instant::now();
+    dc.shutdown().await.expect("clean shutdown");
+    a.ovs.await_tunnels(&[("b", "192.0.2.2")]).await;
+    b.ovs.await_tunnels(&[("a", "192.0.2.1")]).await;
+    assert!(
+        left.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        left.elapsed()
+    );
+
+    assert_eq!(da.metrics().members.load(Ordering::Relaxed), 2);
+    da.shutdown().await.unwrap();
+    db.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_is_dropped_after_its_lease_expires() {
+    init_logs();
+    let etcd = Etcd::start().await;
+    let eps = etcd.endpoints();
+    let a = Node::new("a", "192.0.2.1");
+    let b = Node::new("b", "192.0.2.2");
+    let da = a.start_etcd(&eps, 2).await;
+    let db = b.start_etcd(&eps, 2).await;
+    a.ovs.await_tunnels(&[("b", "192.0.2.2")]).await;
+
+    // No revoke: b's record stays until the lease runs out.
+    let killed = Instant::now();
+    db.kill();
+    a.ovs.await_tunnels(&[]).await;
+    assert!(
+        killed.elapsed() >= Duration::from_millis(1000),
+        "dropped before the TTL: {:?}",
+        killed.elapsed()
+    );
+    da.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_member_records_are_skipped() {
+    init_logs();
+    let etcd = Etcd::start().await;
+    let eps = etcd.endpoints();
+    let mut kv = etcd.client().await;
+    for (name, value) in [
+        ("garbage", "not json"),
+        ("loop", r#"{"vtep":"127.0.0.1"}"#),
+        ("noaddr", r#"{"podCIDR":"10.244.9.0/24"}"#),
+    ] {
+        kv.put(node_key("/linen", name), value, None).await.unwrap();
+    }
+    kv.put("/linen/nodes/", r#"{"vtep":"192.0.2.8"}"#, None)
+        .await
+        .unwrap();
+    let a = Node::new("a", "192.0.2.1");
+    let da = a.start_etcd(&eps, 10).await;
+    // Nothing to tunnel to, but a is healthy: the bad records were skipped.
+    eventually("a healthy reconcile", LONG, || async {
+        da.metrics().health().ok()
+    })
+    .await;
+    assert!(a.ovs.tunnels().await.is_empty());
+
+    // A good record written by hand is picked up; a later bad write removes it.
+    kv.put(node_key("/linen", "x"), r#"{"vtep":"192.0.2.9"}"#, None)
+        .await
+        .unwrap();
+    a.ovs.await_tunnels(&[("x", "192.0.2.9")]).await;
+    kv.put(node_key("/linen", "x"), "{", None).await.unwrap();
+    a.ovs.await_tunnels(&[]).await;
+    assert!(da.members().borrow().members.keys().eq(["a"]));
+    da.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_subnet_allocations_never_collide() {
+    init_logs();
+    let etcd = Etcd::start().await;
+    // 16 slices for 16 nodes racing: every one must get a different slice.
+    let slices = Slices::new("10.244.0.0/20".parse().unwrap(), 24).unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let mut client = etcd.client().await;
+        tasks.push(tokio::spawn(async move {
+            allocate_subnet(&mut client, "/linen", &format!("node-{i}"), &slices).await
+        }));
+    }
+    let mut got = Vec::new();
+    for t in tasks {
+        got.push(t.await.unwrap().expect("allocated"));
+    }
+    let distinct: BTreeSet<_> = got.iter().collect();
+    assert_eq!(distinct.len(), 16, "{got:?}");
+    assert!(got.iter().all(|n| slices.contains(n)));
+
+    // A restarted node gets its own allocation back; a 17th node finds none left.
+    let mut client = etcd.client().await;
+    let again = allocate_subnet(&mut client, "/linen", "node-3", &slices)
+        .await
+        .unwrap();
+    assert_eq!(again, got[3]);
+    let err = allocate_subnet(&mut client, "/linen", "node-16", &slices)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("allocate"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_behind_a_compaction_lists_again() {
+    init_logs();
+    let etcd = Etcd::start().await;
+    let mut kv = etcd.client().await;
+    kv.put(node_key("/linen", "a"), r#"{"vtep":"192.0.2.1"}"#, None)
+        .await
+        .unwrap();
+    let listed = kv
+        .get(
+            "/linen/nodes/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    let old_rev = listed.header().unwrap().revision();
+
+    // While "our" watch is behind (it resumes from old_rev), nodes change and etcd compacts.
+    kv.put(node_key("/linen", "b"), r#"{"vtep":"192.0.2.2"}"#, None)
+        .await
+        .unwrap();
+    kv.delete(node_key("/linen", "a"), None).await.unwrap();
+    let r = kv
+        .put(node_key("/linen", "c"), r#"{"vtep":"192.0.2.3"}"#, None)
+        .await
+        .unwrap();
+    let rev = r.header().unwrap().revision();
+    kv.compact(rev, None).await.unwrap();
+
+    let stale = Resume {
+        members: [(
+            "a".to_string(),
+            flaxd::Member {
+                vtep: "192.0.2.1".parse().unwrap(),
+                pod_cidr: None,
+            },
+        )]
+        .into(),
+        revision: old_rev,
+    };
+    let (publisher, rx) = Publisher::new();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn({
+        let (client, shutdown) = (etcd.client().await, shutdown.clone());
+        async move { follow_members(client, "/linen", &publisher, Some(stale), shutdown).await }
+    });
+    eventually("the membership after compaction", LONG, || async {
+        rx.borrow().members.keys().eq(["b", "c"]).then_some(())
+    })
+    .await;
+    // And the new watch works.
+    kv.put(node_key("/linen", "d"), r#"{"vtep":"192.0.2.4"}"#, None)
+        .await
+        .unwrap();
+    eventually("d after the re-watch", LONG, || async {
+        rx.borrow().members.contains_key("d").then_some(())
+    })
+    .await;
+    shutdown.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_member_etcd_cluster_survives_a_stopped_member() {
+    init_logs();
+    let mut etcd = Etcd::cluster(3).await;
+    let eps = etcd.all_endpoints();
+    let a = Node::new("a", "192.0.2.1");
+    let b = Node::new("b", "192.0.2.2");
+    let da = a.start_etcd(&eps, 3).await;
+    let db = b.start_etcd(&eps, 3).await;
+    a.ovs.await_tunnels(&[("b", "192.0.2.2")]).await;
+
+    etcd.stop(0);
+    // Membership keeps flowing through the remaining quorum: a node joins, and a node leaves.
+    let c = Node::new("c", "192.0.2.3");
+    let dc = c.start_etcd(&eps, 3).await;
+    a.ovs
+        .await_tunnels(&[("b", "192.0.2.2"), ("c", "192.0.2.3")])
+        .await;
+    b.ovs
+        .await_tunnels(&[("a", "192.0.2.1"), ("c", "192.0.2.3")])
+        .await;
+    c.ovs
+        .await_tunnels(&[("a", "192.0.2.1"), ("b", "192.0.2.2")])
+        .await;
+    dc.shutdown().await.unwrap();
+    a.ovs.await_tunnels(&[("b", "192.0.2.2")]).await;
+    // Leases keep being renewed through the survivors: for more than a TTL, a never loses b.
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        assert!(da.members().borrow().members.contains_key("b"), "a lost b");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.ovs.await_tunnels(&[("a", "192.0.2.1")]).await;
+    da.shutdown().await.unwrap();
+    db.shutdown().await.unwrap();
+}
