@@ -30,7 +30,7 @@ pub const FILES: &[(&str, &str)] = &[
 
 #[derive(Debug, Error)]
 pub enum Error {
-    #[error("linen-lab must run as root (it creates network namespaces and starts OVS); try sudo")]
+    #[error("must run as root: the lab creates network namespaces and starts OVS (try sudo)")]
     NotRoot,
     #[error(
         "missing system tools: {} (Debian packages: {}); {INSTALL_HINT} or `apt-get install {}`",

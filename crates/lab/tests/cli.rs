@@ -2,37 +2,17 @@
 
 mod common;
 
-use std::process::{Command, Output};
-
-use common::TestLab;
-
-fn lab_cmd(lab: &TestLab, args: &[&str]) -> Output {
-    let dir = lab.dir();
-    let (sub, rest) = args.split_first().expect("subcommand");
-    Command::new(env!("CARGO_BIN_EXE_linen-lab"))
-        .arg(sub)
-        .args(["--name", &lab.name, "--dir"])
-        .arg(&dir)
-        .args(rest)
-        .output()
-        .expect("run linen-lab")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use common::{TestLab, lab_cli, ok};
 
 #[test]
 fn up_status_exec_down() {
     let lab = TestLab::new();
-    ok(&lab_cmd(&lab, &["up", "--nodes", "2"]));
+    ok(&lab_cli(
+        &lab,
+        &["up", "--nodes", "2", "--pods-per-node", "0"],
+    ));
 
-    let status = ok(&lab_cmd(&lab, &["status"]));
+    let status = ok(&lab_cli(&lab, &["status"]));
     for node in ["n1", "n2"] {
         let line = status
             .lines()
@@ -44,25 +24,25 @@ fn up_status_exec_down() {
     assert!(status.contains("10.245.2.2/24"), "{status}");
 
     // exec reaches the node's own OVS through OVS_RUNDIR, and runs in its namespace.
-    let show = ok(&lab_cmd(&lab, &["exec", "n2", "--", "ovs-vsctl", "show"]));
+    let show = ok(&lab_cli(&lab, &["exec", "n2", "--", "ovs-vsctl", "show"]));
     assert!(show.contains("br-phy"), "{show}");
-    ok(&lab_cmd(
+    ok(&lab_cli(
         &lab,
         &["exec", "n2", "--", "ovs-appctl", "version"],
     ));
-    let addr = ok(&lab_cmd(&lab, &["exec", "n2", "--", "ip", "-4", "addr"]));
+    let addr = ok(&lab_cli(&lab, &["exec", "n2", "--", "ip", "-4", "addr"]));
     assert!(addr.contains("10.245.2.2/24"), "{addr}");
     // The command's exit status comes back.
-    let code = lab_cmd(&lab, &["exec", "n1", "--", "sh", "-c", "exit 3"]);
+    let code = lab_cli(&lab, &["exec", "n1", "--", "sh", "-c", "exit 3"]);
     assert_eq!(code.status.code(), Some(3));
 
-    let again = lab_cmd(&lab, &["up", "--nodes", "2"]);
+    let again = lab_cli(&lab, &["up", "--nodes", "2"]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already running"));
 
-    ok(&lab_cmd(&lab, &["down"]));
-    ok(&lab_cmd(&lab, &["down"]));
+    ok(&lab_cli(&lab, &["down"]));
+    ok(&lab_cli(&lab, &["down"]));
     lab.assert_gone(&[]);
-    let status = ok(&lab_cmd(&lab, &["status"]));
+    let status = ok(&lab_cli(&lab, &["status"]));
     assert!(status.contains("not running"), "{status}");
 }

@@ -147,3 +147,43 @@ pub fn assert_nothing_left(lab: &TestLab) {
     }
     assert!(!lab.dir().exists(), "lab directory left");
 }
+
+/// `linen-lab SUB --name <lab> --dir <dir> ARGS...`.
+pub fn lab_cli(lab: &TestLab, args: &[&str]) -> std::process::Output {
+    lab_cli_env(lab, args, &[])
+}
+
+/// As [`lab_cli`], with extra environment variables.
+pub fn lab_cli_env(lab: &TestLab, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let (sub, rest) = args.split_first().expect("subcommand");
+    Command::new(env!("CARGO_BIN_EXE_linen-lab"))
+        .arg(sub)
+        .args(["--name", &lab.name, "--dir"])
+        .arg(lab.dir())
+        .args(rest)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run linen-lab")
+}
+
+/// Stdout of a successful run; panics with stderr otherwise.
+pub fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Stderr of a failed run; panics if it succeeded.
+pub fn fails(out: &std::process::Output) -> String {
+    assert!(
+        !out.status.success(),
+        "unexpectedly succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
