@@ -15,7 +15,8 @@
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
-use notify::{RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode, ModifyKind};
+use notify::{EventKind, RecursiveMode, Watcher};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +33,8 @@ pub enum FileError {
     },
     #[error("not a list of peers ({{name, vtep, podCIDR}})")]
     Syntax(#[source] serde_yaml::Error),
+    #[error("the file is empty (write `[]` for no peers)")]
+    Empty,
     #[error("peer {index}: empty name")]
     EmptyName { index: usize },
     #[error("peer {name} is listed twice")]
@@ -61,11 +64,11 @@ struct Peer {
 
 /// Parses a peer list (YAML, or JSON, which YAML reads too).
 pub fn parse_peers(text: &str) -> Result<Membership, FileError> {
-    let peers: Vec<Peer> = if text.trim().is_empty() {
-        Vec::new()
-    } else {
-        serde_yaml::from_str(text).map_err(FileError::Syntax)?
-    };
+    if text.trim().is_empty() {
+        // Most likely a file caught while being rewritten; an empty list is `[]`.
+        return Err(FileError::Empty);
+    }
+    let peers: Vec<Peer> = serde_yaml::from_str(text).map_err(FileError::Syntax)?;
     let mut members = Membership::new();
     for (index, p) in peers.into_iter().enumerate() {
         if p.name.trim().is_empty() {
@@ -93,6 +96,18 @@ pub fn read_peers(path: &Path) -> Result<Membership, FileError> {
         source,
     })?;
     parse_peers(&text)
+}
+
+/// Whether an event may have changed the file's content for good. A write in progress
+/// (`IN_MODIFY`) is not: reading then could see half a file, so the reload waits for the
+/// writer to close it (`IN_CLOSE_WRITE`) or for a rename.
+fn worth_reading(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Modify(ModifyKind::Data(_)) => false,
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
 }
 
 pub struct FileSource {
@@ -123,7 +138,9 @@ impl FileSource {
         // The directory, not the file: editors and Kubernetes ConfigMaps replace files by
         // renaming, which a watch on the old inode would miss.
         let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-            let _ = tx.send(ev.map(|_| ()));
+            if ev.as_ref().map_or(true, |e| worth_reading(&e.kind)) {
+                let _ = tx.send(ev.map(|_| ()));
+            }
         })
         .map_err(watch_err)?;
         watcher
@@ -179,8 +196,8 @@ mod tests {
             assert_eq!(m["a"].pod_cidr, Some("10.244.1.0/24".parse().unwrap()));
             assert_eq!(m["b"].pod_cidr, None);
         }
-        assert!(parse_peers("").unwrap().is_empty());
         assert!(parse_peers("[]").unwrap().is_empty());
+        assert!(matches!(parse_peers(" \n"), Err(FileError::Empty)));
     }
 
     #[test]

@@ -479,3 +479,45 @@ impl Node {
         .await
     }
 }
+
+/// Writes a peer file (YAML) atomically, as a ConfigMap update or an editor would: a new
+/// file renamed over the old one.
+pub fn write_peers(path: &Path, peers: &[(&str, &str)]) {
+    let mut text = String::new();
+    for (name, vtep) in peers {
+        text.push_str(&format!("- name: {name}\n  vtep: {vtep}\n"));
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+impl Node {
+    /// flaxd with the static-file source reading `peers`.
+    pub async fn start_file(&self, peers: &Path, cfg: DaemonConfig) -> Daemon {
+        Daemon::start(cfg, SourceConfig::File(peers.to_owned()))
+            .await
+            .expect("flaxd starts")
+    }
+}
+
+/// A plain HTTP/1.0 GET on loopback; returns (status, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}

@@ -1,0 +1,54 @@
+//! flaxd with the static-file source and a real Open vSwitch: the tunnels follow the file
+//! through atomic replacement, in-place edits and a broken version. VTEPs are TEST-NET-1
+//! addresses that no packet is ever sent to.
+
+mod common;
+
+use common::{LONG, Node, eventually, init_logs, write_peers};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_follow_the_peer_file() {
+    init_logs();
+    let a = Node::new("a", "192.0.2.1");
+    let dir = tempfile::tempdir().unwrap();
+    let peers = dir.path().join("peers.yaml");
+    write_peers(
+        &peers,
+        &[("a", "192.0.2.1"), ("b", "192.0.2.2"), ("c", "192.0.2.3")],
+    );
+    let mut cfg = a.config();
+    cfg.policy.hub = true;
+    cfg.pod_cidr = Some("10.244.1.0/24".parse().unwrap());
+    let d = a.start_file(&peers, cfg).await;
+    let t = a
+        .ovs
+        .await_tunnels(&[("b", "192.0.2.2"), ("c", "192.0.2.3")])
+        .await;
+    assert!(t.values().all(|p| !p.protected), "a hub's tunnels relay");
+    assert_eq!(a.await_conflist_subnet().await, "10.244.1.1");
+
+    // Replaced by rename: c leaves, d joins.
+    write_peers(
+        &peers,
+        &[("a", "192.0.2.1"), ("b", "192.0.2.2"), ("d", "192.0.2.4")],
+    );
+    a.ovs
+        .await_tunnels(&[("b", "192.0.2.2"), ("d", "192.0.2.4")])
+        .await;
+
+    // A broken file changes nothing (the last good membership stays)...
+    std::fs::write(&peers, "- name: b\n  vtep: [not an address\n").unwrap();
+    eventually("the broken file noticed", LONG, || async {
+        (!d.members().borrow().connected).then_some(())
+    })
+    .await;
+    a.ovs
+        .await_tunnels(&[("b", "192.0.2.2"), ("d", "192.0.2.4")])
+        .await;
+
+    // ...and an edit in place (JSON this time) is followed.
+    std::fs::write(&peers, r#"[{"name": "e", "vtep": "192.0.2.5"}]"#).unwrap();
+    a.ovs.await_tunnels(&[("e", "192.0.2.5")]).await;
+    assert!(d.members().borrow().connected);
+    d.shutdown().await.unwrap();
+}
