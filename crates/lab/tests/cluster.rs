@@ -148,19 +148,24 @@ fn crashed_lab_is_cleaned_by_next_up() {
         .expect("load")
         .expect("state left");
     assert!(matches!(state.owner, Owner::Process { .. }));
-    assert_eq!(lab.namespaces().len(), 3, "{:?}", lab.namespaces());
+    // The child's spec has 2 pods per node: 2 nodes, 4 pods, the underlay.
+    assert_eq!(state.pods.len(), 4);
+    assert_eq!(lab.namespaces().len(), 7, "{:?}", lab.namespaces());
     let old_pids: Vec<i32> = state.nodes.iter().flat_map(ovs_pids).collect();
     for pid in &old_pids {
         assert!(alive_in(*pid, &lab.dir()), "crash should leave OVS running");
     }
-    // A stray namespace with the lab's naming, e.g. from an even older run.
+    // Stray namespaces with the lab's naming, e.g. from an even older run.
     let stray = linen_lab::Netns::ensure(format!("{}-n9", lab.name)).expect("stray netns");
+    let stray_pod = linen_lab::Netns::ensure(format!("{}-n9-p3", lab.name)).expect("stray pod");
 
     let mut cluster = Cluster::up(lab.spec(2)).expect("up after crash");
     for pid in &old_pids {
         assert!(!alive_in(*pid, &lab.dir()), "old OVS {pid} survived");
     }
     assert!(!stray.exists(), "stray namespace survived");
+    assert!(!stray_pod.exists(), "stray pod namespace survived");
+    assert_eq!(lab.namespaces().len(), 3, "{:?}", lab.namespaces());
     cluster.verify_underlay().expect("new lab works");
     let pids: Vec<i32> = cluster.nodes().iter().flat_map(ovs_pids).collect();
     cluster.down().expect("down");

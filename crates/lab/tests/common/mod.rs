@@ -33,9 +33,11 @@ impl TestLab {
         self.root.path().join(&self.name)
     }
 
+    /// Nodes only; tests that want pods set `pods_per_node`.
     pub fn spec(&self, nodes: usize) -> ClusterSpec {
         ClusterSpec {
             dir: Some(self.dir()),
+            pods_per_node: 0,
             ..ClusterSpec::new(&self.name, nodes)
         }
     }
