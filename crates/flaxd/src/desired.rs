@@ -86,7 +86,8 @@ mod tests {
             key: TunnelKey::Vni(42),
         };
         // (members, policy, wanted (remote, peer) pairs)
-        let cases: Vec<(Membership, TunnelPolicy, Vec<(&str, &str)>)> = vec![
+        type Case = (Membership, TunnelPolicy, Vec<(&'static str, &'static str)>);
+        let cases: Vec<Case> = vec![
             (members(&[]), mesh, vec![]),
             (members(&[("a", "192.0.2.1")]), mesh, vec![]),
             (

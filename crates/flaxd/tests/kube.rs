@@ -68,7 +68,11 @@ impl ApiDouble {
                 {"type": "Hostname", "address": name},
             ]},
         });
-        let kind = if st.nodes.contains_key(name) { "MODIFIED" } else { "ADDED" };
+        let kind = if st.nodes.contains_key(name) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
         st.nodes.insert(name.to_owned(), node.clone());
         self.record(&mut st, kind, node);
     }
@@ -99,10 +103,16 @@ impl ApiDouble {
                 .unwrap()
         };
         if req.uri().path() != "/api/v1/nodes" {
-            return json_response(404, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404}));
+            return json_response(
+                404,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404}),
+            );
         }
         if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
-            let from: u64 = query.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let from: u64 = query
+                .get("resourceVersion")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
             // Subscribe and copy the history under one lock: nothing falls in between.
             let (missed, live) = {
                 let st = self.state.lock().unwrap();
@@ -175,7 +185,13 @@ impl ApiDouble {
 
 fn vteps(m: &Membership) -> Vec<(String, String, Option<String>)> {
     m.iter()
-        .map(|(n, m)| (n.clone(), m.vtep.to_string(), m.pod_cidr.map(|c| c.to_string())))
+        .map(|(n, m)| {
+            (
+                n.clone(),
+                m.vtep.to_string(),
+                m.pod_cidr.map(|c| c.to_string()),
+            )
+        })
         .collect()
 }
 
@@ -195,9 +211,7 @@ async fn node_snapshots_follow_the_api_server() {
     let config = kube::Config::new(url.parse().unwrap());
     let client = kube::Client::try_from(config).expect("a client");
     let (publisher, rx) = Publisher::new();
-    let source = tokio::spawn(
-        KubeSource::new(client, "InternalIP").run(publisher, stop.clone()),
-    );
+    let source = tokio::spawn(KubeSource::new(client, "InternalIP").run(publisher, stop.clone()));
     let snapshot = |list: Vec<(String, String, Option<String>)>| {
         let rx = rx.clone();
         async move {
@@ -212,10 +226,18 @@ async fn node_snapshots_follow_the_api_server() {
     snapshot(want(&[("a", "192.0.2.1", "10.244.1.0/24")])).await;
     // A node is added.
     api.apply("b", "192.0.2.2", "10.244.2.0/24");
-    snapshot(want(&[("a", "192.0.2.1", "10.244.1.0/24"), ("b", "192.0.2.2", "10.244.2.0/24")])).await;
+    snapshot(want(&[
+        ("a", "192.0.2.1", "10.244.1.0/24"),
+        ("b", "192.0.2.2", "10.244.2.0/24"),
+    ]))
+    .await;
     // Its address changes.
     api.apply("b", "192.0.2.22", "10.244.2.0/24");
-    snapshot(want(&[("a", "192.0.2.1", "10.244.1.0/24"), ("b", "192.0.2.22", "10.244.2.0/24")])).await;
+    snapshot(want(&[
+        ("a", "192.0.2.1", "10.244.1.0/24"),
+        ("b", "192.0.2.22", "10.244.2.0/24"),
+    ]))
+    .await;
     // It is deleted.
     api.delete("b");
     snapshot(want(&[("a", "192.0.2.1", "10.244.1.0/24")])).await;

@@ -1,0 +1,171 @@
+//! Every YAML document in `deploy/` parses, decodes into its Kubernetes API type
+//! (k8s-openapi, the current API versions), and holds what flaxd needs: read-only access to
+//! Nodes, host networking, and the OVS / CNI host paths.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use flaxd::k8s::k8s_openapi::api::apps::v1::DaemonSet;
+use flaxd::k8s::k8s_openapi::api::core::v1::ServiceAccount;
+use flaxd::k8s::k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use serde::Deserialize;
+use serde_json::Value;
+
+fn documents() -> Vec<(String, Value)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let mut docs = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no manifests in {}", dir.display());
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+            let v = Value::deserialize(doc)
+                .unwrap_or_else(|e| panic!("{} document {i}: {e}", f.display()));
+            if !v.is_null() {
+                docs.push((format!("{} #{i}", f.display()), v));
+            }
+        }
+    }
+    docs
+}
+
+fn typed<T: serde::de::DeserializeOwned>(what: &str, v: &Value) -> T {
+    serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+#[test]
+fn manifests_are_valid_current_api_objects() {
+    let mut by_kind: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for (what, v) in documents() {
+        let kind = v["kind"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{what}: no kind"));
+        let api = v["apiVersion"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{what}: no apiVersion"));
+        assert!(
+            v["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| !n.is_empty()),
+            "{what}: no name"
+        );
+        let want_api = match kind {
+            "ServiceAccount" => "v1",
+            "ClusterRole" | "ClusterRoleBinding" => "rbac.authorization.k8s.io/v1",
+            "DaemonSet" => "apps/v1",
+            other => panic!("{what}: unexpected kind {other}"),
+        };
+        assert_eq!(api, want_api, "{what}");
+        // Decoding into the API type checks every field's type and the required ones.
+        match kind {
+            "ServiceAccount" => drop(typed::<ServiceAccount>(&what, &v)),
+            "ClusterRole" => drop(typed::<ClusterRole>(&what, &v)),
+            "ClusterRoleBinding" => drop(typed::<ClusterRoleBinding>(&what, &v)),
+            _ => drop(typed::<DaemonSet>(&what, &v)),
+        }
+        by_kind.entry(kind.to_owned()).or_default().push(v);
+    }
+    for kind in [
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "DaemonSet",
+    ] {
+        assert_eq!(by_kind.get(kind).map(Vec::len), Some(1), "one {kind}");
+    }
+
+    let sa: ServiceAccount = typed("sa", &by_kind["ServiceAccount"][0]);
+    let role: ClusterRole = typed("role", &by_kind["ClusterRole"][0]);
+    let binding: ClusterRoleBinding = typed("binding", &by_kind["ClusterRoleBinding"][0]);
+    let ds: DaemonSet = typed("daemonset", &by_kind["DaemonSet"][0]);
+
+    // Least privilege: get/list/watch on nodes, nothing else.
+    let rules = role.rules.unwrap_or_default();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0].api_groups.as_deref(), Some(&[String::new()][..]));
+    assert_eq!(
+        rules[0].resources.as_deref(),
+        Some(&["nodes".to_string()][..])
+    );
+    let verbs: BTreeSet<&str> = rules[0].verbs.iter().map(String::as_str).collect();
+    assert_eq!(verbs, BTreeSet::from(["get", "list", "watch"]));
+
+    // The binding ties that role to the DaemonSet's service account.
+    assert_eq!(binding.role_ref.kind, "ClusterRole");
+    assert_eq!(binding.role_ref.name, role.metadata.name.clone().unwrap());
+    let subject = &binding.subjects.as_ref().unwrap()[0];
+    assert_eq!(subject.kind, "ServiceAccount");
+    assert_eq!(Some(&subject.name), sa.metadata.name.as_ref());
+    assert_eq!(subject.namespace, sa.metadata.namespace);
+
+    let spec = ds.spec.unwrap();
+    let pod_labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .clone()
+        .unwrap();
+    for (k, v) in spec.selector.match_labels.clone().unwrap() {
+        assert_eq!(
+            pod_labels.get(&k),
+            Some(&v),
+            "the selector matches the pods"
+        );
+    }
+    assert_eq!(ds.metadata.namespace, sa.metadata.namespace);
+    let pod = spec.template.spec.unwrap();
+    assert_eq!(pod.host_network, Some(true));
+    assert_eq!(pod.service_account_name, sa.metadata.name);
+    let volumes: BTreeMap<String, String> = pod
+        .volumes
+        .unwrap()
+        .into_iter()
+        .map(|v| (v.name, v.host_path.expect("hostPath volumes").path))
+        .collect();
+    let init = pod.init_containers.unwrap();
+    assert_eq!(init.len(), 1, "the init container installs the plugin");
+    let mut mounted = BTreeSet::new();
+    for c in init.iter().chain(&pod.containers) {
+        assert!(
+            c.image.as_deref().is_some_and(|i| !i.is_empty()),
+            "{}",
+            c.name
+        );
+        for m in c.volume_mounts.clone().unwrap_or_default() {
+            let host = volumes
+                .get(&m.name)
+                .unwrap_or_else(|| panic!("{}: mount of undeclared volume {}", c.name, m.name));
+            mounted.insert(host.clone());
+        }
+    }
+    for path in ["/var/run/openvswitch", "/etc/cni/net.d", "/opt/cni/bin"] {
+        assert!(mounted.contains(path), "{path} mounted: {mounted:?}");
+    }
+    let flaxd = &pod.containers[0];
+    let env: BTreeSet<String> = flaxd
+        .env
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert!(
+        env.contains("NODE_NAME") && env.contains("FLAXD_VTEP"),
+        "{env:?}"
+    );
+    let probe = flaxd
+        .readiness_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    assert_eq!(probe.path.as_deref(), Some("/healthz"));
+}
