@@ -2,16 +2,28 @@
 //!
 //! Each simulated node is a network namespace with its own real Open vSwitch
 //! (userspace datapath), joined to the others by a Linux bridge in a lab-owned
-//! underlay namespace. The host's own namespace is never touched, and every
-//! address lives only inside the lab's namespaces.
+//! underlay namespace. Pods are network namespaces wired through the real CNI
+//! chain — the reference `bridge` plugin with `host-local`, then `linen` —
+//! run by the `cni` crate's runtime inside the node's namespace. The host's
+//! own namespace is never touched, and every address lives only inside the
+//! lab's namespaces.
 //!
 //! ```no_run
-//! use linen_lab::{Cluster, ClusterSpec};
-//! let cluster = Cluster::up(ClusterSpec::new("demo", 3))?;
-//! for node in cluster.nodes() {
-//!     println!("{} {} {}", node.name, node.netns_path.display(), node.underlay_ip);
+//! use linen_lab::{Cluster, ClusterSpec, ping, traffic};
+//! let mut cluster = Cluster::up(ClusterSpec::new("demo", 3))?; // 2 pods per node
+//! let state = cluster.state();
+//! for node in &state.nodes {
+//!     // The conflist the node's pods were wired with (also on disk).
+//!     let conflist = node.conflist(state);
+//!     println!("{} {} {}", node.name, node.underlay_ip, node.conflist_path().display());
+//!     # let _ = conflist;
 //! }
-//! // Dropping `cluster` tears the lab down.
+//! assert!(ping::run(state).passed());
+//! let (client, server) = traffic::cross_node_pods(state).unwrap();
+//! println!("{:.0} Mbit/s", traffic::between_pods(client, server, 3)?.throughput.mbps);
+//! let pod = cluster.add_pod("n1")?; // CNI ADD; `del_pod`, `add_node`, `del_node` too
+//! println!("{} {:?}", pod.name, pod.ip);
+//! // Dropping `cluster` tears the lab down (CNI DEL of every pod first).
 //! # Ok::<(), linen_lab::Error>(())
 //! ```
 

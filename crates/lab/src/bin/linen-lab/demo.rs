@@ -63,7 +63,7 @@ pub fn run(spec: ClusterSpec, keep: bool, seconds: u32) -> Result<ExitCode> {
         "Ping matrix: every pod pings every other pod and its gateway",
         || Ok(ping::run(&state)),
     )?;
-    println!("{}", indent(&matrix.render()));
+    println!("{}\n", indent(&matrix.render()));
 
     if let Some((client, server)) = traffic::cross_node_pods(&state) {
         transfers(&state, client, server, seconds)?;
