@@ -98,24 +98,7 @@ pub fn desired(node: &Node, conflist: &Value) -> Result<(BridgeSpec, Vec<TunnelS
     let plugin = conflist::linen_plugin(conflist).ok_or_else(|| config_err(None))?;
     let cfg = LinenConfig::from_json(plugin).map_err(|e| config_err(Some(e)))?;
     let own = IpAddr::V4(node.underlay_ip.addr());
-    let tunnels = cfg
-        .vtep_ips
-        .iter()
-        .filter(|ip| **ip != own)
-        .map(|&remote| TunnelSpec {
-            remote,
-            key: cfg.key,
-            protected: !cfg.is_master,
-            source: Source::CniConfig,
-            peer: None,
-        })
-        .collect();
-    let bridge = BridgeSpec {
-        name: cfg.bridge,
-        datapath: cfg.datapath,
-        controller: cfg.controller,
-    };
-    Ok((bridge, tunnels))
+    Ok((cfg.bridge_spec(), cfg.tunnels(&[own])))
 }
 
 /// Makes `node`'s overlay what `conflist` says, as its next ADD would:

@@ -10,6 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde_json::Value;
 
+use crate::model::{BridgeSpec, Source, TunnelSpec};
 use crate::naming::is_valid_ifname;
 
 /// Default OVS bridge name (the seed's).
@@ -209,6 +210,33 @@ impl LinenConfig {
             mtu,
             underlay_mtu,
         })
+    }
+}
+
+impl LinenConfig {
+    /// The bridge this configuration asks for.
+    pub fn bridge_spec(&self) -> BridgeSpec {
+        BridgeSpec {
+            name: self.bridge.clone(),
+            datapath: self.datapath,
+            controller: self.controller.clone(),
+        }
+    }
+
+    /// The tunnels `vtepIPs` asks for on a node whose own addresses are `local`: one per
+    /// remote VTEP, protected unless this node is the hub.
+    pub fn tunnels(&self, local: &[IpAddr]) -> Vec<TunnelSpec> {
+        self.vtep_ips
+            .iter()
+            .filter(|ip| !local.contains(ip))
+            .map(|&remote| TunnelSpec {
+                remote,
+                key: self.key,
+                protected: !self.is_master,
+                source: Source::CniConfig,
+                peer: None,
+            })
+            .collect()
     }
 }
 

@@ -81,12 +81,8 @@ struct Prepared {
 async fn prepare(cfg: LinenConfig, nl: &Netlink) -> Result<Prepared> {
     // One list of VTEPs can serve every node of a mesh: skip this node's own addresses.
     let local = nl.local_addresses().await?;
-    let remotes: Vec<IpAddr> = cfg
-        .vtep_ips
-        .iter()
-        .copied()
-        .filter(|ip| !local.contains(ip))
-        .collect();
+    let tunnels = cfg.tunnels(&local);
+    let remotes: Vec<IpAddr> = tunnels.iter().map(|t| t.remote).collect();
     let underlay_mtu = match cfg.underlay_mtu {
         Some(m) => Some(m),
         None => match remotes.first() {
@@ -110,21 +106,7 @@ async fn prepare(cfg: LinenConfig, nl: &Netlink) -> Result<Prepared> {
             });
         }
     }
-    let bridge = BridgeSpec {
-        name: cfg.bridge.clone(),
-        datapath: cfg.datapath,
-        controller: cfg.controller.clone(),
-    };
-    let tunnels = remotes
-        .iter()
-        .map(|&remote| TunnelSpec {
-            remote,
-            key: cfg.key,
-            protected: !cfg.is_master,
-            source: Source::CniConfig,
-            peer: None,
-        })
-        .collect();
+    let bridge = cfg.bridge_spec();
     Ok(Prepared {
         cfg,
         bridge,
