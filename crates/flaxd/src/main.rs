@@ -117,6 +117,15 @@ async fn main() -> Result<()> {
         (None, Some(i)) => (flaxd::host::interface_address(i)?, Some(i.clone())),
         (None, None) => bail!("give --vtep or --vtep-iface"),
     };
+    if !flaxd::linen::naming::is_valid_ifname(&args.bridge) {
+        bail!("--bridge {:?} is not a valid interface name", args.bridge);
+    }
+    if !flaxd::linen::naming::is_valid_ifname(&args.linux_bridge) {
+        bail!(
+            "--linux-bridge {:?} is not a valid interface name",
+            args.linux_bridge
+        );
+    }
     let key = match args.vni {
         Some(v) if v > MAX_VNI => bail!("--vni {v} is out of range (0 to {MAX_VNI})"),
         Some(v) => TunnelKey::Vni(v),

@@ -62,6 +62,13 @@ impl Overlay for OvsOverlay {
     ) -> Result<Ensured, OvsError> {
         let ovs = self.connection().await?;
         let res = ovs.ensure(bridge, tunnels, prune).await;
+        if matches!(res, Err(OvsError::Contended { .. })) && !has_root_row(&ovs).await {
+            // Every write then matches no Open_vSwitch row and looks like a lost race.
+            tracing::error!(
+                addr = self.addr,
+                "the OVS database has no Open_vSwitch root row; creating it is the packaging's job (ovs-vsctl init)"
+            );
+        }
         if matches!(
             res,
             Err(OvsError::Ovsdb { .. } | OvsError::Unreachable { .. })
@@ -70,6 +77,21 @@ impl Overlay for OvsOverlay {
             self.conn.lock().await.take();
         }
         res
+    }
+}
+
+async fn has_root_row(ovs: &Ovs) -> bool {
+    let select = ovsdb::Operation::select("Open_vSwitch", vec![]).columns(["_uuid"]);
+    match ovs
+        .client()
+        .transact(ovsdb::vswitch::DB, vec![select])
+        .await
+    {
+        Ok(res) => res
+            .first()
+            .and_then(|r| r.rows.as_ref())
+            .is_some_and(|rows| !rows.is_empty()),
+        Err(_) => true,
     }
 }
 

@@ -1,0 +1,131 @@
+//! etcd on loopback.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use flaxd::etcd::etcd_client;
+
+use super::{LONG, eventually, free_port, kill, program, suffix};
+
+/// An etcd cluster on loopback with random ports and a temporary data directory.
+pub struct Etcd {
+    dir: tempfile::TempDir,
+    members: Vec<EtcdMember>,
+}
+
+struct EtcdMember {
+    name: String,
+    client: u16,
+    child: Option<Child>,
+}
+
+impl Etcd {
+    pub async fn start() -> Etcd {
+        Self::cluster(1).await
+    }
+
+    /// `n` members, started together; returns once every one answers.
+    pub async fn cluster(n: usize) -> Etcd {
+        let dir = tempfile::Builder::new()
+            .prefix("flaxd-etcd-")
+            .tempdir()
+            .unwrap();
+        let token = format!("flx-{}", suffix());
+        let names: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let initial: Vec<String> = names
+            .iter()
+            .zip(&ports)
+            .map(|(name, (_, peer))| format!("{name}=http://127.0.0.1:{peer}"))
+            .collect();
+        let mut members = Vec::new();
+        for (name, (client, peer)) in names.iter().zip(&ports) {
+            let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
+            let child = Command::new(program("etcd"))
+                .args(["--name", name])
+                .arg("--data-dir")
+                .arg(dir.path().join(name))
+                .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
+                .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
+                .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+                .arg(format!(
+                    "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+                ))
+                .arg(format!("--initial-cluster={}", initial.join(",")))
+                .arg(format!("--initial-cluster-token={token}"))
+                .args([
+                    "--initial-cluster-state=new",
+                    "--heartbeat-interval=50",
+                    "--election-timeout=500",
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("etcd");
+            members.push(EtcdMember {
+                name: name.clone(),
+                client: *client,
+                child: Some(child),
+            });
+        }
+        let etcd = Etcd { dir, members };
+        for ep in etcd.endpoints() {
+            eventually(&format!("etcd at {ep}"), LONG, || async {
+                let mut c = etcd_client::Client::connect([ep.as_str()], None)
+                    .await
+                    .ok()?;
+                tokio::time::timeout(Duration::from_secs(1), c.get("probe", None))
+                    .await
+                    .ok()?
+                    .ok()
+            })
+            .await;
+        }
+        etcd
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|m| m.child.is_some())
+            .map(|m| format!("http://127.0.0.1:{}", m.client))
+            .collect()
+    }
+
+    /// Every member's endpoint, stopped or not.
+    pub fn all_endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| format!("http://127.0.0.1:{}", m.client))
+            .collect()
+    }
+
+    pub async fn client(&self) -> etcd_client::Client {
+        etcd_client::Client::connect(self.endpoints(), None)
+            .await
+            .expect("etcd client")
+    }
+
+    /// SIGKILLs member `i`.
+    pub fn stop(&mut self, i: usize) {
+        kill(&mut self.members[i].child);
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(
+            self.dir
+                .path()
+                .join(format!("{}.log", self.members[i].name)),
+        )
+        .unwrap_or_default()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            kill(&mut m.child);
+        }
+    }
+}
