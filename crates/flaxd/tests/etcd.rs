@@ -296,3 +296,24 @@ async fn a_burst_of_joins_is_applied_in_a_few_transactions() {
     assert!(passes <= 20, "{passes} passes for 200 joins");
     da.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flaxd_waits_for_etcd_to_come_up() {
+    init_logs();
+    let port = common::free_port();
+    let eps = vec![format!("http://127.0.0.1:{port}")];
+    let a = Node::new("a", "192.0.2.1");
+    let b = Node::new("b", "192.0.2.2");
+    let da = a.start_etcd(&eps, 10).await;
+    let db = b.start_etcd(&eps, 10).await;
+    // No etcd yet: the daemons keep trying, touching nothing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!da.members().borrow().synced);
+    assert!(a.ovs.tunnels().await.is_empty());
+
+    let _etcd = Etcd::start_at(port).await;
+    a.ovs.await_tunnels(&[("b", "192.0.2.2")]).await;
+    b.ovs.await_tunnels(&[("a", "192.0.2.1")]).await;
+    da.shutdown().await.unwrap();
+    db.shutdown().await.unwrap();
+}

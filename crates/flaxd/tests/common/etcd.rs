@@ -24,15 +24,27 @@ impl Etcd {
         Self::cluster(1).await
     }
 
+    /// One member serving clients on `port`.
+    pub async fn start_at(port: u16) -> Etcd {
+        Self::cluster_at(&[port]).await
+    }
+
     /// `n` members, started together; returns once every one answers.
     pub async fn cluster(n: usize) -> Etcd {
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        Self::cluster_at(&ports).await
+    }
+
+    /// One member per client port.
+    async fn cluster_at(client_ports: &[u16]) -> Etcd {
+        let n = client_ports.len();
         let dir = tempfile::Builder::new()
             .prefix("flaxd-etcd-")
             .tempdir()
             .unwrap();
         let token = format!("flx-{}", suffix());
         let names: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let ports: Vec<(u16, u16)> = client_ports.iter().map(|c| (*c, free_port())).collect();
         let initial: Vec<String> = names
             .iter()
             .zip(&ports)
