@@ -42,6 +42,9 @@ pub struct ConflistSpec {
     pub underlay_mtu: u32,
     /// This node's VTEP: its address family decides the VXLAN overhead.
     pub vtep: IpAddr,
+    /// Where `host-local` keeps its leases (`dataDir`); `None` leaves host-local's own
+    /// default (`/var/lib/cni/networks`).
+    pub ipam_data_dir: Option<PathBuf>,
 }
 
 /// The conflist for a node whose pods take addresses from `pod_cidr`.
@@ -86,6 +89,17 @@ pub fn render(spec: &ConflistSpec, pod_cidr: IpNet) -> Result<String, ConflistEr
     if let TunnelKey::Vni(vni) = spec.key {
         linen["vni"] = json!(vni);
     }
+    let mut ipam = json!({
+        "type": "host-local",
+        "subnet": spec.cluster_cidr.trunc().to_string(),
+        "rangeStart": start.to_string(),
+        "rangeEnd": end.to_string(),
+        "gateway": gateway.to_string(),
+        "routes": [{ "dst": default_route }],
+    });
+    if let Some(dir) = &spec.ipam_data_dir {
+        ipam["dataDir"] = json!(dir);
+    }
     let conf = json!({
         "cniVersion": "1.0.0",
         "name": spec.network,
@@ -95,14 +109,7 @@ pub fn render(spec: &ConflistSpec, pod_cidr: IpNet) -> Result<String, ConflistEr
                 "bridge": spec.linux_bridge,
                 "isGateway": true,
                 "mtu": mtu,
-                "ipam": {
-                    "type": "host-local",
-                    "subnet": spec.cluster_cidr.trunc().to_string(),
-                    "rangeStart": start.to_string(),
-                    "rangeEnd": end.to_string(),
-                    "gateway": gateway.to_string(),
-                    "routes": [{ "dst": default_route }],
-                },
+                "ipam": ipam,
             },
             linen,
         ],
@@ -166,6 +173,7 @@ mod tests {
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),
             underlay_mtu: 1500,
             vtep: "192.0.2.1".parse().unwrap(),
+            ipam_data_dir: None,
         }
     }
 
@@ -197,6 +205,13 @@ mod tests {
         let cfg = linen::config::LinenConfig::from_json(linen).expect("linen parses it");
         assert_eq!(cfg.mtu, Some(1450));
         assert!(cfg.vtep_ips.is_empty());
+        assert!(ipam.get("dataDir").is_none(), "host-local's default");
+        let mut with_dir = spec();
+        with_dir.ipam_data_dir = Some("/run/lab/n1/ipam".into());
+        let v: Value =
+            serde_json::from_str(&render(&with_dir, "10.244.3.0/24".parse().unwrap()).unwrap())
+                .unwrap();
+        assert_eq!(v["plugins"][0]["ipam"]["dataDir"], "/run/lab/n1/ipam");
     }
 
     #[test]

@@ -61,6 +61,8 @@ pub struct ConflistOptions {
     pub network: String,
     pub linux_bridge: String,
     pub underlay_mtu: u32,
+    /// host-local's `dataDir`; `None`: host-local's default.
+    pub ipam_data_dir: Option<PathBuf>,
 }
 
 impl DaemonConfig {
@@ -106,6 +108,7 @@ impl DaemonConfig {
                         cluster_cidr: self.cluster_cidr,
                         underlay_mtu: c.underlay_mtu,
                         vtep: self.me.vtep,
+                        ipam_data_dir: c.ipam_data_dir.clone(),
                     },
                 )
             }),
@@ -185,7 +188,8 @@ impl Daemon {
         let token = shutdown.clone();
         match source {
             SourceConfig::Etcd(c) => {
-                tasks.spawn(async move { Ok(EtcdSource::new(c).run(publisher, token).await?) })
+                let source = EtcdSource::new(c).with_metrics(metrics.clone());
+                tasks.spawn(async move { Ok(source.run(publisher, token).await?) })
             }
             SourceConfig::File(p) => {
                 tasks.spawn(async move { Ok(FileSource::new(p).run(publisher, token).await?) })

@@ -91,6 +91,9 @@ struct Args {
     /// The CNI network name in the conflist.
     #[arg(long, env = "FLAXD_NETWORK_NAME", default_value = "linen")]
     network_name: String,
+    /// Where host-local keeps its leases (the conflist's `ipam.dataDir`); default: its own.
+    #[arg(long, env = "FLAXD_IPAM_DATA_DIR")]
+    ipam_data_dir: Option<PathBuf>,
     /// The pods' Linux bridge in the conflist.
     #[arg(long, env = "FLAXD_LINUX_BRIDGE", default_value = "kbr0")]
     linux_bridge: String,
@@ -157,6 +160,7 @@ async fn main() -> Result<()> {
             network: args.network_name.clone(),
             linux_bridge: args.linux_bridge.clone(),
             underlay_mtu,
+            ipam_data_dir: args.ipam_data_dir.clone(),
         });
     }
     let source = match args.source {

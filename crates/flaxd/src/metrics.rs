@@ -34,6 +34,8 @@ pub struct Metrics {
     pub conflist_writes: AtomicU64,
     /// Why the last reconcile failed; `None` after a success or before the first one.
     last_error: Mutex<Option<String>>,
+    /// Why this node's pod subnet is refused (another node holds it); `None` when it is not.
+    pod_cidr_conflict: Mutex<Option<String>>,
     reconciled_once: AtomicBool,
 }
 
@@ -56,8 +58,28 @@ impl Metrics {
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
     }
 
-    /// Healthy once a reconcile pass has succeeded and the last one did.
+    /// Sets or clears the pod subnet conflict.
+    pub fn set_pod_cidr_conflict(&self, why: Option<String>) {
+        *self
+            .pod_cidr_conflict
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = why;
+    }
+
+    /// The pod subnet conflict, if there is one.
+    pub fn pod_cidr_conflict(&self) -> Option<String> {
+        self.pod_cidr_conflict
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Healthy once a reconcile pass has succeeded and the last one did, and this node's pod
+    /// subnet is not refused.
     pub fn health(&self) -> Result<(), String> {
+        if let Some(why) = self.pod_cidr_conflict() {
+            return Err(format!("pod CIDR conflict: {why}"));
+        }
         if let Some(e) = self
             .last_error
             .lock()
@@ -143,6 +165,12 @@ impl Metrics {
             "gauge",
             "1 while the OVSDB monitor is connected.",
             b(&self.ovsdb_connected).to_string(),
+        );
+        metric(
+            "flaxd_pod_cidr_conflict",
+            "gauge",
+            "1 while this node's pod subnet overlaps another node's allocation (not joining).",
+            u64::from(self.pod_cidr_conflict().is_some()).to_string(),
         );
         metric(
             "flaxd_conflist_writes_total",
@@ -273,5 +301,11 @@ mod tests {
         assert!(m.health().unwrap_err().contains("ovsdb down"));
         m.record_reconcile(Duration::ZERO, None);
         assert!(m.health().is_ok());
+        m.set_pod_cidr_conflict(Some("10.244.1.0/24 is b's".into()));
+        assert!(m.health().unwrap_err().contains("pod CIDR conflict"));
+        assert!(m.render().lines().any(|l| l == "flaxd_pod_cidr_conflict 1"));
+        m.set_pod_cidr_conflict(None);
+        assert!(m.health().is_ok());
+        assert!(m.render().lines().any(|l| l == "flaxd_pod_cidr_conflict 0"));
     }
 }

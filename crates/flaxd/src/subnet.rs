@@ -68,21 +68,36 @@ impl Slices {
         net.prefix_len() == self.len && self.cluster.contains(net) && net.trunc() == *net
     }
 
-    /// The first free slice, searching from a point derived from `node` (so that nodes
-    /// starting together mostly try different slices) and wrapping around.
+    /// The first slice that overlaps none of `taken`, searching from a point derived from
+    /// `node` (so that nodes starting together mostly try different slices) and wrapping
+    /// around. A taken network larger than a slice (a fixed `--pod-cidr` of another length)
+    /// rules out every slice inside it.
     pub fn pick(&self, node: &str, taken: &BTreeSet<IpNet>) -> Result<IpNet, SubnetError> {
         let start = u128::from(fnv1a64(node.as_bytes())) % self.count();
-        // Only `taken` slices can be in the way: one more step always finds a free one.
-        let steps = (taken.len() as u128 + 1).min(self.count());
+        // Only slices overlapping `taken` can be in the way: one more step always finds a
+        // free one, if there is one.
+        let blocked = taken
+            .iter()
+            .map(|t| match self.len.checked_sub(t.prefix_len()) {
+                Some(d) if d > 0 => 1u128.checked_shl(u32::from(d)).unwrap_or(u128::MAX),
+                _ => 1,
+            })
+            .fold(0u128, u128::saturating_add);
+        let steps = blocked.saturating_add(1).min(self.count());
         (0..steps)
             .map(|i| self.nth(start + i))
-            .find(|s| !taken.contains(s))
+            .find(|s| !taken.iter().any(|t| overlaps(s, t)))
             .ok_or(SubnetError::Exhausted {
                 cluster: self.cluster,
                 len: self.len,
                 taken: taken.len(),
             })
     }
+}
+
+/// Whether two networks share an address (never across address families).
+pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
 }
 
 /// The etcd key under which `net` is allocated: `<prefix>/subnets/10.244.3.0-24`.
@@ -191,6 +206,39 @@ mod tests {
         // Slices outside the cluster CIDR do not count.
         let foreign = BTreeSet::from([net("10.9.0.0/24")]);
         assert!(s.pick("node-b", &foreign).is_ok());
+    }
+
+    #[test]
+    fn pick_avoids_overlapping_networks_of_other_lengths() {
+        let s = Slices::new(net("10.244.0.0/22"), 24).unwrap();
+        // A fixed /23 holds two slices, a fixed /25 part of a third: one slice is left.
+        let taken = BTreeSet::from([net("10.244.0.0/23"), net("10.244.2.128/25")]);
+        for node in ["a", "b", "c", "d", "e"] {
+            assert_eq!(
+                s.pick(node, &taken).unwrap(),
+                net("10.244.3.0/24"),
+                "{node}"
+            );
+        }
+        let full = BTreeSet::from([net("10.244.0.0/22")]);
+        assert!(matches!(
+            s.pick("a", &full),
+            Err(SubnetError::Exhausted { .. })
+        ));
+    }
+
+    #[test]
+    fn overlap_is_containment_either_way() {
+        for (a, b, want) in [
+            ("10.244.1.0/24", "10.244.1.0/24", true),
+            ("10.244.1.0/24", "10.244.1.128/25", true),
+            ("10.244.0.0/16", "10.244.9.0/24", true),
+            ("10.244.1.0/24", "10.244.2.0/24", false),
+            ("10.244.1.0/24", "fd00::/8", false),
+        ] {
+            assert_eq!(overlaps(&net(a), &net(b)), want, "{a} {b}");
+            assert_eq!(overlaps(&net(b), &net(a)), want, "{b} {a}");
+        }
     }
 
     #[test]

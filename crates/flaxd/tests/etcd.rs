@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{Etcd, LONG, Node, eventually, init_logs};
+use common::{Etcd, LONG, Node, eventually, http_get, init_logs};
 use flaxd::etcd::{Resume, allocate_subnet, etcd_client, follow_members, node_key};
 use flaxd::membership::Publisher;
 use flaxd::subnet::Slices;
@@ -315,5 +315,80 @@ async fn flaxd_waits_for_etcd_to_come_up() {
     a.ovs.await_tunnels(&[("b", "192.0.2.2")]).await;
     b.ovs.await_tunnels(&[("a", "192.0.2.1")]).await;
     da.shutdown().await.unwrap();
+    db.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_pod_cidr_is_recorded_and_never_shared() {
+    init_logs();
+    let etcd = Etcd::start().await;
+    let eps = etcd.endpoints();
+    let mut kv = etcd.client().await;
+    let a = Node::new("a", "192.0.2.1");
+    let b = Node::new("b", "192.0.2.2");
+    let da = a.start_etcd_fixed(&eps, 10, "10.244.7.0/24").await;
+    assert_eq!(a.await_conflist_subnet().await, "10.244.7.1");
+    // Recorded as taken, like an allocation.
+    let key = "/linen/subnets/10.244.7.0-24";
+    let held = kv.get(key, None).await.unwrap();
+    assert_eq!(held.kvs()[0].value(), b"a");
+
+    // b is configured with a subnet inside a's: refused, loudly, and b joins nothing.
+    let db = b.start_etcd_fixed(&eps, 10, "10.244.7.128/25").await;
+    let why = eventually("b to refuse its pod subnet", LONG, || async {
+        db.metrics().pod_cidr_conflict()
+    })
+    .await;
+    assert!(
+        why.contains("10.244.7.0/24") && why.contains("node a's"),
+        "{why}"
+    );
+    let addr = db.metrics_addr().unwrap();
+    let (status, body) = http_get(addr, "/healthz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("pod CIDR conflict"), "{body}");
+    let (_, text) = http_get(addr, "/metrics").await;
+    assert!(
+        text.lines().any(|l| l == "flaxd_pod_cidr_conflict 1"),
+        "{text}"
+    );
+    assert!(!b.conflist.exists(), "no conflist with a refused subnet");
+    assert!(a.ovs.tunnels().await.is_empty(), "b never registered");
+    let subnets = kv
+        .get(
+            "/linen/subnets/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(subnets.kvs().len(), 1, "nothing written for b");
+
+    // An allocating node steps around the fixed subnet.
+    let slices = Slices::new("10.244.6.0/23".parse().unwrap(), 24).unwrap();
+    let mut client = etcd.client().await;
+    for node in ["c", "d"] {
+        let err = allocate_subnet(&mut client, "/linen", node, &slices).await;
+        if node == "c" {
+            assert_eq!(err.unwrap().to_string(), "10.244.6.0/24");
+        } else {
+            assert!(err.is_err(), "both slices are taken now");
+        }
+    }
+
+    // a restarts with the same subnet: it is its own, no conflict.
+    da.shutdown().await.unwrap();
+    let da = a.start_etcd_fixed(&eps, 10, "10.244.7.0/24").await;
+    eventually("a healthy again", LONG, || async {
+        da.metrics().health().ok()
+    })
+    .await;
+
+    // Once a is gone for good and its subnet released, b heals on its own.
+    da.shutdown().await.unwrap();
+    kv.delete(key, None).await.unwrap();
+    assert_eq!(b.await_conflist_subnet().await, "10.244.7.129");
+    eventually("b healthy", LONG, || async { db.metrics().health().ok() }).await;
+    let (status, _) = http_get(addr, "/healthz").await;
+    assert_eq!(status, 200);
     db.shutdown().await.unwrap();
 }

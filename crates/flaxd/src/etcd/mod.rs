@@ -11,13 +11,17 @@
 //!   its allocation by value and reuses it. Releasing a subnet of a decommissioned node is
 //!   an operator's `etcdctl del`.
 //!
-//! Allocation is an etcd transaction `if create_revision(key) == 0 then put(key, name)`:
-//! of two nodes racing for one subnet, exactly one wins, and the other picks again.
+//! Allocation is an etcd transaction `if create_revision(key) == 0 and no allocation changed
+//! since it was read then put(key, name)`: of two nodes racing for one subnet (or for two
+//! overlapping ones), exactly one wins, and the other reads again. A fixed `--pod-cidr` is
+//! recorded by the very same transaction; if another node's allocation overlaps it, the node
+//! refuses to run with it ([`EtcdError::SubnetTaken`]) rather than share addresses.
 
 mod follow;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use etcd_client;
@@ -29,7 +33,8 @@ pub use follow::{Resume, follow_members};
 
 use crate::backoff::Backoff;
 use crate::membership::{MemberRecord, Publisher};
-use crate::subnet::{Slices, SubnetError, parse_subnet_key, subnet_key, subnets_prefix};
+use crate::metrics::Metrics;
+use crate::subnet::{Slices, SubnetError, overlaps, parse_subnet_key, subnet_key, subnets_prefix};
 
 /// Bound on every unary etcd request.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -81,6 +86,15 @@ pub enum EtcdError {
     AllocationContended,
     #[error("neither a pod subnet nor a cluster CIDR to allocate one from is configured")]
     NoPodCidr,
+    #[error(
+        "pod subnet {subnet} overlaps {held}, which etcd records as node {holder}'s ({key}); refusing to share addresses (if {holder} is gone for good, release it with `etcdctl del {key}`)"
+    )]
+    SubnetTaken {
+        subnet: IpNet,
+        held: IpNet,
+        holder: String,
+        key: String,
+    },
 }
 
 pub(crate) fn nodes_prefix(prefix: &str) -> String {
@@ -118,48 +132,114 @@ async fn timed<T>(
         .map_err(|source| EtcdError::Request { step, source })
 }
 
-/// This node's pod subnet: its existing allocation if it has one, else a free slice claimed
-/// by a transaction. Safe against any number of nodes allocating at once.
+/// Every pod subnet allocation under `prefix` (subnet, owning node), and the revision it was
+/// read at.
+async fn read_allocations(
+    client: &mut Client,
+    prefix: &str,
+) -> Result<(Vec<(IpNet, String)>, i64), EtcdError> {
+    let all = subnets_prefix(prefix);
+    let resp = timed(
+        "read of subnet allocations",
+        client.get(all.as_bytes(), Some(GetOptions::new().with_prefix())),
+    )
+    .await?;
+    let revision = resp.header().map_or(0, |h| h.revision());
+    let allocations = resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| {
+            let net = parse_subnet_key(prefix, std::str::from_utf8(kv.key()).ok()?)?;
+            Some((net, String::from_utf8_lossy(kv.value()).into_owned()))
+        })
+        .collect();
+    Ok((allocations, revision))
+}
+
+/// The one compare-and-swap every allocation goes through: records `net` as `node`'s if its
+/// key is free and no allocation was added, changed or removed after `revision` (when the
+/// caller read them). `false`: someone was faster; read again.
+async fn try_claim(
+    client: &mut Client,
+    prefix: &str,
+    node: &str,
+    net: &IpNet,
+    revision: i64,
+) -> Result<bool, EtcdError> {
+    let key = subnet_key(prefix, net);
+    let txn = Txn::new()
+        .when([
+            Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+            Compare::mod_revision(subnets_prefix(prefix), CompareOp::Less, revision + 1)
+                .with_prefix(),
+        ])
+        .and_then([TxnOp::put(key.as_str(), node, None)]);
+    Ok(timed("subnet allocation", client.txn(txn))
+        .await?
+        .succeeded())
+}
+
+/// This node's pod subnet: its existing allocation if it has one, else a free slice (one
+/// that overlaps no allocation) claimed by [`try_claim`]. Safe against any number of nodes
+/// allocating at once.
 pub async fn allocate_subnet(
     client: &mut Client,
     prefix: &str,
     node: &str,
     slices: &Slices,
 ) -> Result<IpNet, EtcdError> {
-    let all = subnets_prefix(prefix);
     for _ in 0..ALLOCATION_ATTEMPTS {
-        let resp = timed(
-            "read of subnet allocations",
-            client.get(all.as_bytes(), Some(GetOptions::new().with_prefix())),
-        )
-        .await?;
-        let mut taken = BTreeSet::new();
-        for kv in resp.kvs() {
-            let Some(net) = std::str::from_utf8(kv.key())
-                .ok()
-                .and_then(|k| parse_subnet_key(prefix, k))
-            else {
-                continue;
-            };
-            if kv.value() == node.as_bytes() && slices.contains(&net) {
-                tracing::info!(subnet = %net, "reusing this node's pod subnet");
-                return Ok(net);
-            }
-            taken.insert(net);
-        }
-        let pick = slices.pick(node, &taken)?;
-        let key = subnet_key(prefix, &pick);
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key.as_str(), node, None)]);
-        if timed("subnet allocation", client.txn(txn))
-            .await?
-            .succeeded()
+        let (allocations, revision) = read_allocations(client, prefix).await?;
+        if let Some((net, _)) = allocations
+            .iter()
+            .find(|(net, holder)| holder == node && slices.contains(net))
         {
+            tracing::info!(subnet = %net, "reusing this node's pod subnet");
+            return Ok(*net);
+        }
+        let taken: BTreeSet<IpNet> = allocations.into_iter().map(|(net, _)| net).collect();
+        let pick = slices.pick(node, &taken)?;
+        if try_claim(client, prefix, node, &pick, revision).await? {
             tracing::info!(subnet = %pick, "allocated a pod subnet");
             return Ok(pick);
         }
-        tracing::debug!(subnet = %pick, "another node took this subnet first; picking again");
+        tracing::debug!(subnet = %pick, "allocations changed meanwhile; picking again");
+    }
+    Err(EtcdError::AllocationContended)
+}
+
+/// Records a fixed pod subnet as `node`'s, with the same transaction as
+/// [`allocate_subnet`]. Already this node's: success. Overlapping another node's allocation:
+/// [`EtcdError::SubnetTaken`], and nothing is written.
+pub async fn claim_subnet(
+    client: &mut Client,
+    prefix: &str,
+    node: &str,
+    net: IpNet,
+) -> Result<(), EtcdError> {
+    let net = net.trunc();
+    for _ in 0..ALLOCATION_ATTEMPTS {
+        let (allocations, revision) = read_allocations(client, prefix).await?;
+        if allocations.iter().any(|(n, h)| *n == net && h == node) {
+            tracing::info!(subnet = %net, "this node's fixed pod subnet is recorded in etcd");
+            return Ok(());
+        }
+        if let Some((held, holder)) = allocations
+            .into_iter()
+            .find(|(n, h)| h != node && overlaps(n, &net))
+        {
+            return Err(EtcdError::SubnetTaken {
+                subnet: net,
+                key: subnet_key(prefix, &held),
+                held,
+                holder,
+            });
+        }
+        if try_claim(client, prefix, node, &net, revision).await? {
+            tracing::info!(subnet = %net, "recorded this node's fixed pod subnet in etcd");
+            return Ok(());
+        }
+        tracing::debug!(subnet = %net, "allocations changed meanwhile; checking again");
     }
     Err(EtcdError::AllocationContended)
 }
@@ -167,11 +247,18 @@ pub async fn allocate_subnet(
 /// The etcd source: registers this node, keeps its lease alive, and publishes the members.
 pub struct EtcdSource {
     cfg: EtcdConfig,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl EtcdSource {
     pub fn new(cfg: EtcdConfig) -> Self {
-        EtcdSource { cfg }
+        EtcdSource { cfg, metrics: None }
+    }
+
+    /// Reports a pod subnet conflict in `metrics` (`flaxd_pod_cidr_conflict`, `/healthz`).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Runs until `shutdown`, then revokes the lease so that peers drop this node at once.
@@ -185,7 +272,9 @@ impl EtcdSource {
         let mut backoff = Backoff::standard();
         let pod_cidr = loop {
             let res = match (self.cfg.pod_cidr, self.cfg.allocate) {
-                (Some(c), _) => Ok(c),
+                (Some(c), _) => claim_subnet(&mut client, &self.cfg.prefix, &self.cfg.node, c)
+                    .await
+                    .map(|()| c),
                 (None, Some((cluster, len))) => match Slices::new(cluster, len) {
                     Ok(s) => {
                         allocate_subnet(&mut client, &self.cfg.prefix, &self.cfg.node, &s).await
@@ -195,7 +284,18 @@ impl EtcdSource {
                 (None, None) => return Err(EtcdError::NoPodCidr),
             };
             match res {
-                Ok(c) => break c,
+                Ok(c) => {
+                    self.report_conflict(None);
+                    break c;
+                }
+                Err(e @ EtcdError::SubnetTaken { .. }) => {
+                    // Not registered, no tunnels, no conflist: pods must not get addresses
+                    // another node hands out. Checked again with backoff, so releasing the
+                    // other allocation heals it.
+                    let why = crate::reconcile::error_chain(&e);
+                    tracing::error!(error = %why, "pod subnet conflict; not joining");
+                    self.report_conflict(Some(why));
+                }
                 Err(e) => {
                     publisher.set_connected(false);
                     tracing::warn!(error = %crate::reconcile::error_chain(&e), "cannot get a pod subnet yet; retrying");
@@ -225,6 +325,12 @@ impl EtcdSource {
             }
         }
         Ok(())
+    }
+
+    fn report_conflict(&self, why: Option<String>) {
+        if let Some(m) = &self.metrics {
+            m.set_pod_cidr_conflict(why);
+        }
     }
 
     /// Keeps `<prefix>/nodes/<node>` present under a live lease, forever: grants a lease,

@@ -132,6 +132,7 @@ async fn writes_the_conflist_once_the_pod_subnet_is_known() {
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),
             underlay_mtu: 1500,
             vtep: "192.0.2.1".parse().unwrap(),
+            ipam_data_dir: None,
         },
     ));
     let r = Reconciler::new(c, RecordingOverlay::new(), Metrics::new());

@@ -48,6 +48,7 @@ impl Node {
             network: "linen".into(),
             linux_bridge: "kbr0".into(),
             underlay_mtu: 1500,
+            ipam_data_dir: None,
         });
         cfg
     }
@@ -71,6 +72,20 @@ impl Node {
         )
         .await
         .expect("flaxd starts")
+    }
+
+    /// flaxd with the etcd source and a fixed pod subnet (`--pod-cidr`), serving `/metrics`
+    /// and `/healthz` on a loopback port.
+    pub async fn start_etcd_fixed(&self, etcd: &[String], ttl: i64, pod_cidr: &str) -> Daemon {
+        let pod_cidr = Some(pod_cidr.parse().unwrap());
+        let mut cfg = self.config();
+        cfg.pod_cidr = pod_cidr;
+        cfg.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+        let mut source = self.etcd_config(etcd, ttl);
+        source.pod_cidr = pod_cidr;
+        Daemon::start(cfg, SourceConfig::Etcd(source))
+            .await
+            .expect("flaxd starts")
     }
 
     /// The pod subnet in this node's conflist, once written.
