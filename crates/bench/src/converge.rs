@@ -30,13 +30,14 @@ use crate::stats::Summary;
 
 pub use etcd::Etcd;
 
-/// flaxd's OVS bridge in the lab.
-pub const BRIDGE: &str = "brfx";
+/// flaxd's OVS bridge: the one linen uses, as in production (the CNI benchmarks' bridge is
+/// deleted first: its `vtepIPs` tunnels would hold the port names flaxd wants).
+pub const BRIDGE: &str = crate::bed::OVS_BRIDGE;
 pub const ETCD_PORT: u16 = 23790;
 pub const ETCD_PREFIX: &str = "/linen";
 /// flaxd's reconciler debounce (its default; not a flag), part of every figure below.
 pub const FLAXD_DEBOUNCE_MS: u64 = 100;
-const CONVERGE_TIMEOUT: Duration = Duration::from_secs(120);
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
@@ -93,15 +94,32 @@ pub fn run(
             reason: "etcd not available (install etcd-server)".into(),
         });
     }
+    for i in 0..bed.cluster.nodes().len() {
+        bed.node(i).make_cold(false)?;
+    }
     let n1 = bed.node(0);
-    crate::proc::in_netns(n1.netns(), || {
+    let res = crate::proc::in_netns(n1.netns(), || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("tokio runtime")?;
         rt.block_on(measure(bed, &flaxd, rounds, sizes, rounds_per_size))
             .map(|m| Convergence::Measured(Box::new(m)))
-    })
+    });
+    res.map_err(|e| e.context(logs_tail(bed)))
+}
+
+/// The last lines of every flaxd's log, for an error report.
+fn logs_tail(bed: &Bed) -> String {
+    let mut out = String::from("flaxd logs:");
+    for n in bed.cluster.nodes() {
+        let path = bed.root.path().join(format!("flaxd-{}.log", n.index));
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        out.push_str(&format!("\n[{}] ", n.name));
+        out.push_str(&lines[lines.len().saturating_sub(5)..].join("\n  "));
+    }
+    out
 }
 
 /// A flaxd process on one node; SIGTERM (then SIGKILL) on drop.

@@ -206,32 +206,54 @@ fn iperf(server_ns: &Path, ip: IpAddr, client_ns: &Path, seconds: u32) -> Result
         .stderr(Stdio::null());
     proc::enter_netns(&mut server, server_ns)?;
     let mut server = Reap(Some(server.spawn().context("spawn iperf3 server")?));
-    // The server listens within milliseconds; until then the client is refused at once.
+    let pid = server.0.as_ref().map_or(0, Child::id);
+    // A client started before the server listens fails, and iperf3 may still exit 0 then
+    // (its JSON holds an "error"): wait for the listening socket first.
     let started = Instant::now();
-    let out = loop {
-        let mut client = Command::new("iperf3");
-        client.args([
-            "-J",
-            "-c",
-            &ip_s,
-            "-p",
-            IPERF_PORT,
-            "-t",
-            &seconds.to_string(),
-        ]);
-        let r = proc::run(&mut client, Some(client_ns), b"")?;
-        if r.ok() {
-            break r.stdout_str();
-        }
+    while !listening(pid, IPERF_PORT) {
         if started.elapsed() > Duration::from_secs(10) {
-            bail!("iperf3 client to {ip} failed: {}", r.stdout_str());
+            bail!("iperf3 server in {} never listened", server_ns.display());
         }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    if let Some(mut c) = server.0.take() {
-        let _ = c.wait();
+        std::thread::sleep(Duration::from_millis(5));
     }
-    parse_iperf(&out).with_context(|| format!("unexpected iperf3 output from {ip}"))
+    let mut client = Command::new("iperf3");
+    client.args([
+        "-J",
+        "-c",
+        &ip_s,
+        "-p",
+        IPERF_PORT,
+        "-t",
+        &seconds.to_string(),
+    ]);
+    let out = proc::run(&mut client, Some(client_ns), b"")?.stdout_str();
+    let parsed = parse_iperf(&out);
+    // The one-shot server ends with the test; `server` kills it if it does not.
+    if let Some(c) = server.0.as_mut() {
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end && c.try_wait().ok().flatten().is_none() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    parsed.with_context(|| format!("iperf3 to {ip} failed: {}", out.trim()))
+}
+
+/// Whether process `pid` has a listening TCP socket on `port` (in its namespace).
+fn listening(pid: u32, port: &str) -> bool {
+    let Ok(port) = port.parse::<u16>() else {
+        return false;
+    };
+    let want = format!(":{port:04X}");
+    ["tcp", "tcp6"].iter().any(|f| {
+        std::fs::read_to_string(format!("/proc/{pid}/net/{f}")).is_ok_and(|t| {
+            t.lines().skip(1).any(|l| {
+                let mut cols = l.split_whitespace();
+                let local = cols.nth(1).unwrap_or("");
+                let state = cols.nth(1).unwrap_or("");
+                local.ends_with(&want) && state == "0A"
+            })
+        })
+    })
 }
 
 pub fn parse_iperf(json: &str) -> Option<(f64, u64)> {
