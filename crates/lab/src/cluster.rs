@@ -2,6 +2,8 @@
 //! verified by real pings; torn down by `down`, by `Drop`, or by the next `up`
 //! after a crash.
 
+use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -10,13 +12,13 @@ use thiserror::Error;
 use crate::cmd;
 use crate::manage::{is_running, remove_leftover_namespaces, teardown};
 use crate::netns::Netns;
-use crate::node::{MAX_NODES, Node};
+use crate::node::Node;
 use crate::ovs::Ovs;
-use crate::spec::{ClusterSpec, MAX_NAME_LEN, validate_name};
+use crate::spec::{ClusterSpec, MAX_NAME_LEN, Membership, validate_name};
 use crate::state::{self, Claim, LabDir, LabState, Opened, Owner};
 use crate::underlay::Underlay;
 use crate::wait::{self, Timeout};
-use crate::{Result, error_chain, pod, preflight};
+use crate::{Result, error_chain, flaxd, overlay, pod, preflight};
 
 #[derive(Debug, Error)]
 pub enum Error {
@@ -24,8 +26,10 @@ pub enum Error {
         "invalid lab name {name:?}: {reason} (use 1-{MAX_NAME_LEN} of a-z, 0-9, '-', starting with a letter)"
     )]
     InvalidName { name: String, reason: &'static str },
-    #[error("a lab has 1 to {MAX_NODES} nodes, not {nodes}")]
-    NodeCount { nodes: usize },
+    #[error("a lab has 1 to {max} nodes, not {nodes}")]
+    NodeCount { nodes: usize, max: u8 },
+    #[error("the etcd lease TTL must be 1 to 3600 seconds, not {ttl}")]
+    LeaseTtl { ttl: u32 },
     #[error("underlay MTU {mtu} leaves no room for VXLAN pods (use 1280-9000)")]
     Mtu { mtu: u32 },
     #[error(
@@ -82,6 +86,10 @@ pub enum Error {
         "node {node} is the hub: every spoke's tunnel ends there; delete the spokes first, or `down` the lab"
     )]
     DeleteHub { node: String },
+    #[error(
+        "lab {lab} runs no flaxd: it was brought up with `--membership static` (use `--membership etcd`)"
+    )]
+    NoFlaxd { lab: String },
     #[error("node {node} is the lab's last node; use `linen-lab down` to remove the lab")]
     DeleteLastNode { node: String },
     #[error("node {from} cannot reach {to} ({ip}) over the underlay")]
@@ -95,6 +103,9 @@ pub enum Error {
 }
 
 const PING_TIMEOUT: Duration = Duration::from_secs(15);
+/// flaxd reacts within its debounce (100 ms) of an etcd event; a node that
+/// just started also waits for etcd and its first OVSDB transaction.
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A running lab owned by this value: dropping it tears the lab down, unless
 /// it was `detach`ed.
@@ -114,7 +125,7 @@ impl Cluster {
         if spec.pods_per_node > 0 {
             // Before anything is created: a missing plugin is a usage error.
             spec.validate()?;
-            preflight::check()?;
+            preflight::check_for(spec.membership)?;
             pod::plugin_dirs()?;
         }
         let mut cluster = Self::up_nodes(spec)?;
@@ -129,7 +140,10 @@ impl Cluster {
     /// pods of the spec. On failure everything created so far is torn down.
     pub fn up_nodes(spec: ClusterSpec) -> Result<Cluster> {
         spec.validate()?;
-        preflight::check()?;
+        preflight::check_for(spec.membership)?;
+        if spec.membership == Membership::Etcd {
+            flaxd::binary()?;
+        }
         let planned = spec.plan();
         let dir = planned.dir.clone();
         // Two rounds: a stale lab found in the first is removed, then claimed.
@@ -186,20 +200,75 @@ impl Cluster {
     fn build(state: LabState, lock: LabDir) -> Result<Cluster> {
         tracing::info!(lab = %state.name, nodes = state.nodes.len(), dir = %lock.path().display(), "bringing up");
         // From here on, dropping `cluster` (an early return) tears down.
-        let cluster = Cluster {
+        let mut cluster = Cluster {
             state,
             lock: Some(lock),
             keep_on_drop: false,
         };
-        let state = &cluster.state;
-        remove_leftover_namespaces(&state.name, &state.dir)?;
-        state.underlay.ensure()?;
-        for node in &state.nodes {
-            start_node(state, node)?;
+        remove_leftover_namespaces(&cluster.state.name, &cluster.state.dir)?;
+        cluster.state.underlay.ensure()?;
+        if let Some(mut etcd) = cluster.state.etcd.clone() {
+            let (name, underlay) = (cluster.state.name.clone(), cluster.state.underlay.clone());
+            etcd.start(&name, &underlay, |started| {
+                cluster.state.etcd = Some(started.clone());
+                cluster.save()
+            })?;
+        }
+        for pos in 0..cluster.state.nodes.len() {
+            cluster.start_node(pos)?;
         }
         cluster.verify_underlay()?;
-        tracing::info!(lab = %state.name, "lab up");
+        cluster.await_overlay()?;
+        tracing::info!(lab = %cluster.state.name, "lab up");
         Ok(cluster)
+    }
+
+    /// Creates the node at position `pos` of the state (the underlay
+    /// exists): its namespace and uplink, its OVS, `br-phy`; then, with
+    /// static membership, its conflist, or with etcd its flaxd (pid recorded
+    /// at once), which writes the conflist itself.
+    pub(crate) fn start_node(&mut self, pos: usize) -> Result<()> {
+        let node = self.state.nodes[pos].clone();
+        Netns::ensure(node.netns.name())?;
+        self.state
+            .underlay
+            .attach(&node.netns, &node.underlay_port)?;
+        Ovs::start(node.netns.clone(), &node.run_dir)?;
+        node.provision(&self.state.name)?;
+        match &self.state.etcd {
+            None => {
+                node.write_conflist(&self.state)?;
+            }
+            Some(etcd) => {
+                let pid = flaxd::start(&flaxd::binary()?, &node, etcd)?;
+                self.state.nodes[pos].flaxd_pid = Some(pid);
+                self.save()?;
+            }
+        }
+        tracing::info!(node = %node.name, ip = %node.underlay_ip, "node up");
+        Ok(())
+    }
+
+    /// With etcd membership, waits until every node's flaxd has a tunnel to
+    /// every other node and to no one else (bounded); nothing to wait for
+    /// with static membership.
+    pub fn await_overlay(&self) -> Result<()> {
+        if self.state.etcd.is_none() {
+            return Ok(());
+        }
+        let state = &self.state;
+        let converged = || {
+            state.nodes.iter().all(|n| {
+                let want: BTreeSet<IpAddr> =
+                    flaxd::expected_remotes(state, n).into_iter().collect();
+                overlay::flaxd_remotes(n).is_some_and(|got| got == want)
+            })
+        };
+        wait::until("every node's flaxd tunnels", CONVERGE_TIMEOUT, || {
+            converged().then_some(())
+        })
+        .map_err(flaxd::Error::NotConverged)?;
+        Ok(())
     }
 
     /// Locks the running lab `name` in `dir`, left running by another
@@ -324,18 +393,6 @@ impl Cluster {
         tracing::info!(lab = %self.state.name, "lab down");
         Ok(())
     }
-}
-
-/// Creates node `node` of `state` (the underlay exists): its namespace and
-/// uplink, its OVS, `br-phy`, its conflist.
-pub(crate) fn start_node(state: &LabState, node: &Node) -> Result<()> {
-    Netns::ensure(node.netns.name())?;
-    state.underlay.attach(&node.netns, &node.underlay_port)?;
-    Ovs::start(node.netns.clone(), &node.run_dir)?;
-    node.provision(&state.name)?;
-    node.write_conflist(state)?;
-    tracing::info!(node = %node.name, ip = %node.underlay_ip, "node up");
-    Ok(())
 }
 
 impl Drop for Cluster {

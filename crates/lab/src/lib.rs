@@ -30,6 +30,9 @@
 pub mod cluster;
 pub mod cmd;
 pub mod conflist;
+mod daemons;
+pub mod etcd;
+pub mod flaxd;
 pub mod manage;
 mod members;
 pub mod netns;
@@ -39,6 +42,7 @@ pub mod ovs;
 pub mod ping;
 pub mod pod;
 pub mod preflight;
+pub mod process;
 pub mod report;
 pub mod spec;
 pub mod state;
@@ -47,13 +51,14 @@ pub mod underlay;
 pub mod wait;
 
 pub use cluster::Cluster;
+pub use flaxd::StopMode;
 pub use ipnet;
-pub use manage::{NodeStatus, Tunnels, down, load, status};
+pub use manage::{EtcdStatus, FlaxdStatus, NodeStatus, Tunnels, down, etcd_status, load, status};
 pub use netns::{Netns, NetnsGuard};
 pub use node::{Node, PodRange, Role};
 pub use ovs::{Daemon, Ovs};
 pub use pod::Pod;
-pub use spec::{ClusterSpec, Topology, default_dir};
+pub use spec::{ClusterSpec, Membership, Topology, default_dir};
 pub use state::{LabState, Owner};
 pub use underlay::Underlay;
 
@@ -82,6 +87,10 @@ pub enum Error {
     Overlay(#[from] overlay::Error),
     #[error(transparent)]
     Traffic(#[from] traffic::Error),
+    #[error(transparent)]
+    Etcd(#[from] etcd::Error),
+    #[error(transparent)]
+    Flaxd(#[from] flaxd::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::cluster::Error;
+use crate::etcd::Etcd;
+use crate::flaxd::{self, Health, StopMode};
 use crate::members::unwire_pods;
 use crate::netns::{self, Netns};
 use crate::node::Node;
@@ -76,7 +78,38 @@ pub struct NodeStatus {
     pub netns_exists: bool,
     pub ovsdb_server: Option<i32>,
     pub ovs_vswitchd: Option<i32>,
+    /// With etcd membership: flaxd's pid if it runs, and its `/healthz`.
+    pub flaxd: Option<FlaxdStatus>,
     pub tunnels: Tunnels,
+}
+
+/// A node's flaxd as it is now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlaxdStatus {
+    pub pid: Option<i32>,
+    pub health: Health,
+}
+
+/// The lab's etcd as it is now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdStatus {
+    pub endpoint: String,
+    pub pid: Option<i32>,
+    pub healthy: bool,
+    pub lease_ttl: u32,
+}
+
+/// The lab's etcd, if it has one, with its liveness and `/health`.
+pub fn etcd_status(state: &LabState) -> Option<EtcdStatus> {
+    state.etcd.as_ref().map(|e| {
+        let pid = e.running_pid();
+        EtcdStatus {
+            endpoint: e.endpoint(),
+            pid,
+            healthy: pid.is_some() && e.healthy(&state.underlay),
+            lease_ttl: e.lease_ttl,
+        }
+    })
 }
 
 /// Linen's tunnels on a node, as its OVSDB says.
@@ -116,11 +149,22 @@ pub fn status(dir: &Path) -> Result<Option<(LabState, Vec<NodeStatus>)>> {
         .map(|n| {
             let ovs = n.ovs();
             let ovsdb_server = ovs.pid(Daemon::OvsdbServer);
+            let flaxd = state.etcd.as_ref().map(|_| {
+                let pid = n.flaxd_running();
+                FlaxdStatus {
+                    pid,
+                    health: match pid {
+                        Some(_) => n.flaxd_health(),
+                        None => Health::Unreachable("not running".into()),
+                    },
+                }
+            });
             NodeStatus {
                 node: n.clone(),
                 netns_exists: n.netns.exists(),
                 ovsdb_server,
                 ovs_vswitchd: ovs.pid(Daemon::Vswitchd),
+                flaxd,
                 tunnels: Tunnels::read(n, ovsdb_server.is_some()),
             }
         })
@@ -164,7 +208,32 @@ pub(crate) fn teardown(name: &str, dir: &Path, state: Option<&LabState>) -> Resu
             }
         });
     }
-    for (netns, run_dir) in run_dirs(name, dir, state) {
+    // flaxd before etcd, so that each revokes its lease (in parallel: each
+    // waits for etcd at most a request timeout); then etcd; then OVS.
+    let nodes = run_dirs(name, dir, state);
+    let results: Vec<Result<()>> = std::thread::scope(|s| {
+        let stops: Vec<_> = nodes
+            .iter()
+            .map(|(netns, run_dir)| {
+                let pid = state
+                    .and_then(|s| s.nodes.iter().find(|n| n.run_dir == *run_dir))
+                    .and_then(|n| n.flaxd_pid);
+                s.spawn(move || {
+                    flaxd::stop_in(netns.name(), run_dir, pid, StopMode::Clean).map_err(Into::into)
+                })
+            })
+            .collect();
+        stops
+            .into_iter()
+            .map(|t| t.join().expect("flaxd stop panicked"))
+            .collect()
+    });
+    results.into_iter().for_each(&mut note);
+    let etcd = state
+        .and_then(|s| s.etcd.clone())
+        .unwrap_or_else(|| Etcd::plan(dir, 0));
+    note(etcd.stop().map_err(Into::into));
+    for (netns, run_dir) in nodes {
         note(Ovs::new(netns, run_dir).stop().map_err(Into::into));
     }
     let mut owned: Vec<Netns> = state

@@ -2,22 +2,26 @@
 //! join and leave. Every change is recorded in the state file before it is
 //! made (a crash leaves enough for `down` to clean up) and again after.
 //!
-//! A node joining or leaving changes the other nodes' `vtepIPs`: their
-//! conflists are rewritten, and their overlay is re-applied at once through
-//! [`overlay::reapply`] (the plugin's own `Ovs::ensure`, from the rewritten
-//! conflist) rather than waiting for each node's next pod ADD. flaxd will
-//! make this automatic.
+//! A node joining or leaving changes the other nodes' tunnels:
+//! - with etcd membership, by itself: the joining node's flaxd registers it
+//!   in etcd and every other flaxd adds a tunnel to it; a leaving node's
+//!   flaxd is stopped with SIGTERM, revoking its lease, and every other
+//!   flaxd drops its tunnel. The lab only waits for it ([`Cluster::await_overlay`]).
+//! - with static membership, the other nodes' conflists (`vtepIPs`) are
+//!   rewritten and their overlay re-applied at once through
+//!   [`overlay::reapply`] (the plugin's own `Ovs::ensure`, from the rewritten
+//!   conflist) rather than waiting for each node's next pod ADD.
 
 use std::collections::BTreeMap;
 
-use crate::cluster::{Cluster, Error, start_node};
+use crate::cluster::{Cluster, Error};
 use cni::runtime::{Exec, NetworkConfigList};
 
-use crate::node::{MAX_NODES, Node, Role};
+use crate::node::{Node, Role};
 use crate::pod::{self, Pod};
-use crate::spec::Topology;
+use crate::spec::{Membership, Topology};
 use crate::state::LabState;
-use crate::{Result, error_chain, overlay, state};
+use crate::{Result, error_chain, flaxd, overlay, state};
 
 impl Cluster {
     /// Adds the spec's `pods_per_node` pods to every node.
@@ -127,14 +131,15 @@ impl Cluster {
     }
 
     /// A new node joins: the next free index, a peer in a mesh or a spoke of
-    /// the hub. Its OVS is started and the underlay checked; every node's
-    /// conflist is rewritten and the existing overlays re-applied (see the
-    /// module doc). Returns the new node.
+    /// the hub. Its OVS (and flaxd) is started and the underlay checked; the
+    /// other nodes gain a tunnel to it (see the module doc) before this
+    /// returns. Returns the new node.
     pub fn add_node(&mut self) -> Result<Node> {
         let index = self.state.nodes.iter().map(|n| n.index).max().unwrap_or(0);
-        if index >= MAX_NODES {
+        if index >= crate::spec::max_nodes(self.state.membership) {
             return Err(Error::NodeCount {
                 nodes: usize::from(index) + 1,
+                max: crate::spec::max_nodes(self.state.membership),
             }
             .into());
         }
@@ -152,17 +157,18 @@ impl Cluster {
         );
         self.state.nodes.push(node.clone());
         self.save()?;
-        start_node(&self.state, &node)?;
+        self.start_node(self.state.nodes.len() - 1)?;
         self.verify_underlay()?;
-        self.reapply()?;
+        self.follow_membership()?;
         tracing::info!(node = %node.name, "node joined");
-        Ok(node)
+        Ok(self.state.nodes.last().cloned().unwrap_or(node))
     }
 
-    /// Node `name` leaves: its pods are deleted (CNI DEL), its OVS stopped,
-    /// its namespace and directory removed; the other nodes' conflists are
-    /// rewritten and their tunnels to it removed at once. The hub and the
-    /// last node cannot leave.
+    /// Node `name` leaves: its pods are deleted (CNI DEL), its flaxd stopped
+    /// with SIGTERM (its lease revoked), its OVS stopped, its namespace and
+    /// directory removed; the other nodes' tunnels to it are gone before
+    /// this returns (see the module doc). The hub and the last node cannot
+    /// leave.
     pub fn del_node(&mut self, name: &str) -> Result<()> {
         let node = self.known_node(name)?.clone();
         if node.role == Role::Hub {
@@ -175,6 +181,7 @@ impl Cluster {
         if let Err(e) = unwire_pods(&self.state, &node, &pods) {
             tracing::warn!(node = %node.name, error = %error_chain(&e), "pod cleanup");
         }
+        flaxd::stop(&node, flaxd::StopMode::Clean)?;
         node.ovs().stop()?;
         // Deleting the namespace removes its uplink's veth pair too.
         node.netns.delete()?;
@@ -182,15 +189,28 @@ impl Cluster {
         self.state.pods.retain(|p| p.node != node.index);
         self.state.nodes.retain(|n| n.index != node.index);
         self.save()?;
-        self.reapply()?;
+        self.follow_membership()?;
         tracing::info!(node = %node.name, "node left");
         Ok(())
     }
 
+    /// After a node joined or left: with static membership rewrite the
+    /// conflists and re-apply; with etcd wait for the flaxds to follow.
+    fn follow_membership(&self) -> Result<()> {
+        match self.state.membership {
+            Membership::Static => self.reapply().map(drop),
+            Membership::Etcd => self.await_overlay(),
+        }
+    }
+
     /// Rewrites every node's conflist from the state and makes each existing
     /// overlay match it. Returns the number of OVSDB changes per node.
+    /// With etcd membership flaxd owns conflists and tunnels: does nothing.
     pub fn reapply(&self) -> Result<BTreeMap<String, usize>> {
         let mut changes = BTreeMap::new();
+        if self.state.membership == Membership::Etcd {
+            return Ok(changes);
+        }
         for node in &self.state.nodes {
             node.write_conflist(&self.state)?;
             let n = overlay::reapply(node, &node.conflist(&self.state))?;
@@ -199,7 +219,7 @@ impl Cluster {
         Ok(changes)
     }
 
-    fn known_node(&self, name: &str) -> Result<&Node> {
+    pub(crate) fn known_node(&self, name: &str) -> Result<&Node> {
         self.state.node(name).ok_or_else(|| {
             Error::UnknownNode {
                 lab: self.state.name.clone(),
@@ -210,7 +230,7 @@ impl Cluster {
         })
     }
 
-    fn save(&self) -> Result<()> {
+    pub(crate) fn save(&self) -> Result<()> {
         if let Some(lock) = &self.lock {
             lock.write(&self.state)?;
         }
@@ -238,7 +258,7 @@ fn wire_node_pods(
 /// trying all.
 pub(crate) fn unwire_pods(state: &LabState, node: &Node, pods: &[Pod]) -> Result<()> {
     let runtime = if node.netns.exists() && !pods.is_empty() {
-        pod::runtime(state, node)
+        pod::runtime_within(state, node, std::time::Duration::ZERO)
             .inspect_err(|e| {
                 tracing::warn!(node = %node.name, error = %error_chain(e), "cannot run CNI DEL; deleting pod namespaces only");
             })

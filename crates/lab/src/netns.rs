@@ -8,9 +8,11 @@
 //! `nsenter --net=PATH` all find the namespace by that path. Reimplementing the
 //! mount dance would save one fork per namespace, which the lab does not need.
 
-use std::io;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -127,6 +129,95 @@ impl Netns {
         cmd
     }
 
+    /// `GET path` over HTTP/1.0 to `addr` from inside this namespace; the
+    /// status code and body. The socket is made on a short-lived thread that
+    /// entered the namespace (`setns` is per thread; no other thread of this
+    /// process ever changes namespace). Bounded by `timeout` per step.
+    pub fn http_get(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        timeout: Duration,
+    ) -> io::Result<(u16, String)> {
+        let file = std::fs::File::open(self.path())?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(io::Error::from)?;
+                let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+                stream.set_read_timeout(Some(timeout))?;
+                stream.set_write_timeout(Some(timeout))?;
+                stream.write_all(request.as_bytes())?;
+                let mut reply = String::new();
+                stream.read_to_string(&mut reply)?;
+                parse_http_reply(&reply)
+                    .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an HTTP reply"))
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("HTTP probe thread panicked")))
+        })
+    }
+
+    /// Turns transmit checksum offload off on `ifname` in this namespace
+    /// (`ethtool -K IF tx off`, as an `SIOCETHTOOL` ioctl: ethtool is not
+    /// installed everywhere).
+    ///
+    /// Why: a TCP segment sent by a kernel stack through a veth carries only
+    /// a partial checksum, which the receiving kernel would trust; the OVS
+    /// userspace datapath reads it off the veth and hands it on to another
+    /// interface, where it arrives with a wrong checksum and is dropped. Pings
+    /// pass, TCP does not: the lab's etcd, in the underlay namespace, needs
+    /// the bridge there to checksum in software.
+    pub fn disable_tx_checksum(&self, ifname: &str) -> io::Result<()> {
+        use nix::libc;
+        use std::os::fd::AsRawFd;
+        #[repr(C)]
+        struct EthtoolValue {
+            cmd: u32,
+            data: u32,
+        }
+        const SIOCETHTOOL: libc::c_ulong = 0x8946;
+        const ETHTOOL_STXCSUM: u32 = 0x17;
+        let name = ifname.as_bytes();
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "interface name",
+            ));
+        }
+        let file = std::fs::File::open(self.path())?;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(io::Error::from)?;
+                // Any socket of the namespace takes the ioctl.
+                let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
+                let mut value = EthtoolValue {
+                    cmd: ETHTOOL_STXCSUM,
+                    data: 0,
+                };
+                // SAFETY: ifreq is plain data (all zeroes is valid); the name
+                // fits with its NUL (checked above); ifru_data points at
+                // `value`, which outlives the ioctl.
+                let rc = unsafe {
+                    let mut ifr: libc::ifreq = std::mem::zeroed();
+                    for (dst, src) in ifr.ifr_name.iter_mut().zip(name) {
+                        *dst = *src as libc::c_char;
+                    }
+                    ifr.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
+                    libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL as _, &mut ifr)
+                };
+                if rc < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("ethtool thread panicked")))
+        })
+    }
+
     /// Ids of the processes whose network namespace this is.
     pub fn pids(&self) -> Result<Vec<i32>> {
         if !self.exists() {
@@ -144,6 +235,16 @@ impl Netns {
             .filter_map(|p| p.parse().ok())
             .collect())
     }
+}
+
+/// The status code and body of an HTTP/1.x reply.
+fn parse_http_reply(reply: &str) -> Option<(u16, String)> {
+    let (head, body) = reply.split_once("\r\n\r\n")?;
+    let mut status = head.lines().next()?.split_whitespace();
+    if !status.next()?.starts_with("HTTP/") {
+        return None;
+    }
+    Some((status.next()?.parse().ok()?, body.to_owned()))
 }
 
 /// Names of all named network namespaces (the entries of `/var/run/netns`).
@@ -226,6 +327,16 @@ mod tests {
             cmd::describe(&ns.nsenter("podman")),
             "nsenter --net=/var/run/netns/lab-n1 podman"
         );
+    }
+
+    #[test]
+    fn http_replies() {
+        let ok = "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nok\n";
+        assert_eq!(parse_http_reply(ok), Some((200, "ok\n".into())));
+        let bad = "HTTP/1.1 503 Service Unavailable\r\n\r\nnot reconciled yet\n";
+        assert_eq!(parse_http_reply(bad).unwrap().0, 503);
+        assert_eq!(parse_http_reply("garbage"), None);
+        assert_eq!(parse_http_reply("SSH-2.0\r\n\r\n"), None);
     }
 
     #[test]

@@ -127,6 +127,9 @@ pub struct Node {
     pub underlay_port: String,
     pub role: Role,
     pub pods: PodRange,
+    /// The node's flaxd, in an etcd lab: recorded as soon as it is started.
+    #[serde(default)]
+    pub flaxd_pid: Option<i32>,
 }
 
 impl Node {
@@ -151,6 +154,7 @@ impl Node {
             underlay_port: format!("n{index}"),
             role,
             pods: PodRange::for_node(index),
+            flaxd_pid: None,
         }
     }
 

@@ -2,13 +2,14 @@
 //! `linen::ovs` over the node's own OVSDB socket: the tunnel ports, and the
 //! explicit re-apply the lab runs after membership changes.
 //!
-//! Why a re-apply at all: Linen reads `vtepIPs` from the conflist only when a
-//! pod is added. After `add-node` or `del-node` rewrites the conflists,
-//! existing nodes would keep their old tunnels until their next pod ADD; flaxd
-//! will do this automatically later. Until then the lab makes the bridge and
-//! tunnels what the new conflist says with the very same `Ovs::ensure` the
-//! plugin's ADD uses, from the same configuration object.
+//! Why a re-apply at all (static membership only; with etcd, flaxd does it):
+//! Linen reads `vtepIPs` from the conflist only when a pod is added. After
+//! `add-node` or `del-node` rewrites the conflists, existing nodes would keep
+//! their old tunnels until their next pod ADD. So the lab makes the bridge
+//! and tunnels what the new conflist says with the very same `Ovs::ensure`
+//! the plugin's ADD uses, from the same configuration object.
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use linen::config::{ConfigError, LinenConfig};
@@ -50,8 +51,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tunnel {
     pub port: String,
+    /// The Port row's uuid: unchanged as long as nobody re-creates the port.
+    pub uuid: String,
     pub remote: IpAddr,
     pub protected: bool,
+    /// Who manages it (`linen-source`): the plugin's `vtepIPs` or flaxd.
+    pub source: Option<Source>,
 }
 
 fn block_on<T>(fut: impl Future<Output = T>) -> Result<T> {
@@ -81,11 +86,26 @@ pub fn tunnels(node: &Node) -> Result<Option<Vec<Tunnel>>> {
             .into_iter()
             .map(|(remote, port)| Tunnel {
                 port: port.name.clone(),
+                uuid: port.uuid.clone(),
                 remote,
                 protected: port.protected,
+                source: port.source(),
             })
             .collect()
     }))
+}
+
+/// The remotes of flaxd's tunnels on `node`; `None` when OVSDB cannot be
+/// read or flaxd has not created the bridge yet.
+pub fn flaxd_remotes(node: &Node) -> Option<BTreeSet<IpAddr>> {
+    let tunnels = tunnels(node).ok()??;
+    Some(
+        tunnels
+            .into_iter()
+            .filter(|t| t.source == Some(Source::Flaxd))
+            .map(|t| t.remote)
+            .collect(),
+    )
 }
 
 /// What the plugin's ADD would ensure for `conflist` on `node`: the bridge

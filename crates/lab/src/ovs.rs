@@ -21,6 +21,7 @@ use thiserror::Error;
 
 use crate::cmd::{self, CmdError, command};
 use crate::netns::Netns;
+use crate::process::{self, Proof};
 use crate::wait::{self, Timeout};
 
 /// The OVSDB schema shipped by Debian's openvswitch-common.
@@ -147,16 +148,44 @@ impl Ovs {
             ovs.vsctl().args(["--no-wait", "init"]),
         )?;
 
-        let mut vswitchd = ovs.in_netns(Daemon::Vswitchd.name());
-        vswitchd.arg(ovs.db_url()).args([
-            format!("--pidfile={}", ovs.pid_file(Daemon::Vswitchd).display()),
-            format!("--log-file={}", ovs.log_file(Daemon::Vswitchd).display()),
-            "--detach".into(),
-        ]);
-        ovs.run("start ovs-vswitchd", &mut vswitchd)?;
-        ovs.await_ready(Daemon::Vswitchd, || ovs.answers(Daemon::Vswitchd))?;
+        ovs.start_vswitchd()?;
         tracing::info!(netns = ovs.netns.name(), dir = %ovs.dir.display(), "OVS up");
         Ok(ovs)
+    }
+
+    /// Starts ovs-vswitchd inside the namespace (ovsdb-server runs) and
+    /// returns once it answers. Used by [`Ovs::start`] and to restart a
+    /// crashed one: it rebuilds every bridge and port from the database, and
+    /// the tap devices of internal ports, being persistent, keep their
+    /// addresses and Linux bridge attachment across the crash.
+    pub fn start_vswitchd(&self) -> Result<()> {
+        let mut vswitchd = self.in_netns(Daemon::Vswitchd.name());
+        vswitchd.arg(self.db_url()).args([
+            format!("--pidfile={}", self.pid_file(Daemon::Vswitchd).display()),
+            format!("--log-file={}", self.log_file(Daemon::Vswitchd).display()),
+            "--detach".into(),
+        ]);
+        self.run("start ovs-vswitchd", &mut vswitchd)?;
+        self.await_ready(Daemon::Vswitchd, || self.answers(Daemon::Vswitchd))
+    }
+
+    /// SIGKILLs `daemon`, as a crash would (no cleanup of its own), and
+    /// waits until it is gone. Not running is success.
+    pub fn kill(&self, daemon: Daemon) -> Result<()> {
+        let pid = self.pid(daemon);
+        let proof = Proof {
+            comm: daemon.name(),
+            dir: &self.dir,
+        };
+        process::stop(pid, proof, Signal::SIGKILL, KILL_GRACE).map_err(|e| match e {
+            process::Error::Stop { pid, source, .. } => Error::Stop {
+                daemon: daemon.name(),
+                pid,
+                dir: self.dir.clone(),
+                source,
+            },
+            other => unreachable!("stop only times out: {other}"),
+        })
     }
 
     pub fn netns(&self) -> &Netns {
@@ -300,43 +329,17 @@ fn read_pid(pid_file: &Path) -> Option<i32> {
 /// `dir`. Guards every signal the lab sends: a recycled pid, or another lab's
 /// OVS, never matches.
 fn is_ours(pid: i32, daemon: Daemon, dir: &Path) -> bool {
-    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-    let Ok(stat) = fs::read_to_string(proc_dir.join("stat")) else {
-        return false;
-    };
-    let Ok(cmdline) = fs::read(proc_dir.join("cmdline")) else {
-        return false;
-    };
-    process_matches(&stat, &cmdline, daemon, dir)
-}
-
-/// Pure part of `is_ours`: `stat` is `/proc/PID/stat`, `cmdline` the
-/// NUL-separated `/proc/PID/cmdline`.
-fn process_matches(stat: &str, cmdline: &[u8], daemon: Daemon, dir: &Path) -> bool {
-    // stat is "PID (COMM) STATE ..."; COMM may hold spaces and parentheses.
-    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-        return false;
-    };
-    let comm = &stat[open + 1..close];
-    let state = stat[close + 1..].split_whitespace().next();
-    if comm != daemon.name() || matches!(state, Some("Z" | "X") | None) {
-        return false;
+    Proof {
+        comm: daemon.name(),
+        dir,
     }
-    let dir = dir.to_string_lossy();
-    // The run dir must appear as a path prefix in some argument (the db file,
-    // the pid file, the socket), followed by a separator.
-    cmdline
-        .split(|b| *b == 0)
-        .map(String::from_utf8_lossy)
-        .any(|arg| {
-            arg.find(dir.as_ref())
-                .is_some_and(|i| arg[i + dir.len()..].starts_with('/'))
-        })
+    .holds(pid)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::process::process_matches;
 
     fn cmdline(args: &[&str]) -> Vec<u8> {
         args.iter().flat_map(|a| a.bytes().chain([0])).collect()
@@ -367,7 +370,11 @@ mod tests {
             ("garbage", &vswitchd, Daemon::Vswitchd, false),
         ];
         for (i, (stat, cmd, daemon, want)) in cases.iter().enumerate() {
-            assert_eq!(process_matches(stat, cmd, *daemon, dir), *want, "case {i}");
+            assert_eq!(
+                process_matches(stat, cmd, daemon.name(), dir),
+                *want,
+                "case {i}"
+            );
         }
     }
 

@@ -4,6 +4,7 @@
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use cni::runtime::{Exec, NetworkConfigList, RuntimeConf};
 use ipnet::{IpNet, Ipv4Net};
@@ -12,8 +13,10 @@ use thiserror::Error;
 
 use crate::cmd::{self, CmdError};
 use crate::conflist;
+use crate::flaxd;
 use crate::netns::{self, Netns};
 use crate::node::Node;
+use crate::spec::Membership;
 use crate::state::LabState;
 
 /// The interface name inside every pod.
@@ -32,6 +35,8 @@ pub enum Error {
     LinenNotFound { searched: Vec<PathBuf> },
     #[error(transparent)]
     Conflist(#[from] conflist::Error),
+    #[error(transparent)]
+    Flaxd(#[from] flaxd::Error),
     #[error("read the CNI config of node {node}")]
     ParseConflist {
         node: String,
@@ -176,13 +181,33 @@ pub fn find_plugin_dirs(
     }
 }
 
+/// How long a pod ADD waits for flaxd's conflist on a node that just started.
+pub const CONFLIST_WAIT: Duration = Duration::from_secs(30);
+
 /// The runtime and the parsed conflist for pods of `node`: plugins run in the
-/// node's namespace, results are cached in its run directory. The conflist
-/// is (re)written from `state` first.
+/// node's namespace, results are cached in its run directory. With static
+/// membership the conflist is (re)written from `state` first; with etcd it is
+/// the one flaxd wrote, waited for up to [`CONFLIST_WAIT`].
 pub fn runtime(state: &LabState, node: &Node) -> Result<(Exec, NetworkConfigList)> {
+    runtime_within(state, node, CONFLIST_WAIT)
+}
+
+/// [`runtime`], waiting at most `wait` for flaxd's conflist (zero: only what
+/// is there now, as for a DEL).
+pub fn runtime_within(
+    state: &LabState,
+    node: &Node,
+    wait: Duration,
+) -> Result<(Exec, NetworkConfigList)> {
     let dirs = plugin_dirs()?;
-    node.write_conflist(state)?;
-    let bytes = serde_json::to_vec(&node.conflist(state)).expect("a JSON value serializes");
+    let conf = match state.membership {
+        Membership::Static => {
+            node.write_conflist(state)?;
+            node.conflist(state)
+        }
+        Membership::Etcd => flaxd::await_conflist(node, wait)?,
+    };
+    let bytes = serde_json::to_vec(&conf).expect("a JSON value serializes");
     let list = NetworkConfigList::from_slice(&bytes).map_err(|source| Error::ParseConflist {
         node: node.name.clone(),
         source: Box::new(source),

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use crate::ovs::SCHEMA;
+use crate::spec::Membership;
 
 pub const INSTALL_HINT: &str =
     "install them with `./scripts/install-deps.sh` (as root, from the repository)";
@@ -19,6 +20,10 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("ovsdb-tool", "openvswitch-switch"),
     ("ping", "iputils-ping"),
 ];
+
+/// What an etcd lab runs besides: etcd itself (flaxd is this repository's,
+/// see [`crate::flaxd::binary`]).
+pub const ETCD_PROGRAMS: &[(&str, &str)] = &[("etcd", "etcd-server")];
 
 /// Files at fixed paths: the CNI plugins pods are wired with, and the OVSDB
 /// schema every node's database is created from.
@@ -46,12 +51,21 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Fails with every problem found, not just the first missing tool.
 pub fn check() -> Result<()> {
+    check_for(Membership::Static)
+}
+
+/// [`check`], plus etcd for a lab with [`Membership::Etcd`].
+pub fn check_for(membership: Membership) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         return Err(Error::NotRoot);
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     let dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
-    let missing = missing_tools(&dirs, PROGRAMS, FILES);
+    let mut programs = PROGRAMS.to_vec();
+    if membership == Membership::Etcd {
+        programs.extend_from_slice(ETCD_PROGRAMS);
+    }
+    let missing = missing_tools(&dirs, &programs, FILES);
     if missing.is_empty() {
         return Ok(());
     }

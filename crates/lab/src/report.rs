@@ -2,7 +2,8 @@
 
 use std::fmt::Write as _;
 
-use crate::manage::{NodeStatus, Tunnels};
+use crate::flaxd::Health;
+use crate::manage::{EtcdStatus, FlaxdStatus, NodeStatus, Tunnels, etcd_status};
 use crate::spec::Topology;
 use crate::state::{LabState, Owner};
 
@@ -30,8 +31,13 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// The whole `status` report.
+/// The whole `status` report. Probes the lab's etcd, if it has one.
 pub fn status(state: &LabState, nodes: &[NodeStatus]) -> String {
+    status_with(state, etcd_status(state).as_ref(), nodes)
+}
+
+/// The `status` report from what was observed.
+pub fn status_with(state: &LabState, etcd: Option<&EtcdStatus>, nodes: &[NodeStatus]) -> String {
     let topology = match state.topology {
         Topology::Mesh => "mesh",
         Topology::Hub => "hub and spokes",
@@ -47,12 +53,42 @@ pub fn status(state: &LabState, nodes: &[NodeStatus]) -> String {
         state.pods.len(),
         state.dir.display()
     );
+    out.push_str(&membership_line(etcd));
     out.push_str(&nodes_table(nodes));
     out.push('\n');
     out.push_str(&pods_table(state));
     out.push('\n');
     out.push_str(&tunnels_table(nodes));
     out
+}
+
+/// How nodes learn about each other, and etcd's health.
+pub fn membership_line(etcd: Option<&EtcdStatus>) -> String {
+    match etcd {
+        None => "membership: static (conflists list the VTEPs; the lab re-applies on changes)\n\n"
+            .to_owned(),
+        Some(e) => {
+            let state = match (e.pid, e.healthy) {
+                (Some(pid), true) => format!("up ({pid}), healthy"),
+                (Some(pid), false) => format!("up ({pid}), NOT healthy"),
+                (None, _) => "DEAD".to_owned(),
+            };
+            format!(
+                "membership: etcd at {} ({state}); a flaxd per node, lease TTL {}s\n\n",
+                e.endpoint, e.lease_ttl
+            )
+        }
+    }
+}
+
+/// `up (pid) ok`, `up (pid) 503: why`, `dead`.
+fn flaxd_cell(f: &FlaxdStatus) -> String {
+    match (f.pid, &f.health) {
+        (None, _) => "dead".to_owned(),
+        (Some(pid), Health::Healthy) => format!("up ({pid}) healthy"),
+        (Some(pid), Health::Unhealthy(why)) => format!("up ({pid}) {why}"),
+        (Some(pid), Health::Unreachable(why)) => format!("up ({pid}) /healthz: {why}"),
+    }
 }
 
 pub fn nodes_table(nodes: &[NodeStatus]) -> String {
@@ -65,7 +101,7 @@ pub fn nodes_table(nodes: &[NodeStatus]) -> String {
             } else {
                 format!("(missing) {}", n.node.netns.name())
             };
-            vec![
+            let mut row = vec![
                 n.node.name.clone(),
                 format!("{:?}", n.node.role).to_lowercase(),
                 netns,
@@ -74,15 +110,20 @@ pub fn nodes_table(nodes: &[NodeStatus]) -> String {
                 n.node.pods.node_cidr.to_string(),
                 alive(n.ovsdb_server),
                 alive(n.ovs_vswitchd),
-            ]
+            ];
+            if let Some(f) = &n.flaxd {
+                row.push(flaxd_cell(f));
+            }
+            row
         })
         .collect();
-    table(
-        &[
-            "NODE", "ROLE", "NETNS", "UNDERLAY", "MTU", "PODS", "OVSDB", "VSWITCHD",
-        ],
-        &rows,
-    )
+    let mut header = vec![
+        "NODE", "ROLE", "NETNS", "UNDERLAY", "MTU", "PODS", "OVSDB", "VSWITCHD",
+    ];
+    if nodes.iter().any(|n| n.flaxd.is_some()) {
+        header.push("FLAXD");
+    }
+    table(&header, &rows)
 }
 
 pub fn pods_table(state: &LabState) -> String {
@@ -124,6 +165,7 @@ pub fn tunnels_table(nodes: &[NodeStatus]) -> String {
                         t.port.clone(),
                         t.remote.to_string(),
                         if t.protected { "yes" } else { "no (relays)" }.to_owned(),
+                        t.source.map_or("?", |s| s.as_str()).to_owned(),
                     ]);
                 }
             }
@@ -131,16 +173,16 @@ pub fn tunnels_table(nodes: &[NodeStatus]) -> String {
                 let why = match other {
                     Tunnels::NoOvsdb => "(ovsdb-server not running)".to_owned(),
                     Tunnels::NoBridge => {
-                        "(no overlay bridge yet: the first pod creates it)".to_owned()
+                        "(no overlay bridge yet: the first pod or flaxd creates it)".to_owned()
                     }
                     Tunnels::Unreadable(e) => format!("(unreadable: {e})"),
                     Tunnels::Ports(_) => "(no tunnels)".to_owned(),
                 };
-                rows.push(vec![name, why, String::new(), String::new()]);
+                rows.push(vec![name, why]);
             }
         }
     }
-    table(&["NODE", "TUNNEL", "REMOTE", "PROTECTED"], &rows)
+    table(&["NODE", "TUNNEL", "REMOTE", "PROTECTED", "SOURCE"], &rows)
 }
 
 #[cfg(test)]

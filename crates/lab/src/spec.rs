@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::Error;
+use crate::etcd::Etcd;
 use crate::netns::Netns;
 use crate::node::{MAX_NODES, Node, Role};
 use crate::state::{LabState, Owner};
@@ -36,6 +37,26 @@ impl Topology {
     }
 }
 
+/// How nodes learn about each other.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Membership {
+    /// The lab writes every node's `vtepIPs` into its conflist and re-applies
+    /// the overlays itself when nodes come and go. The library's default, so
+    /// that users who bring their own conflists or their own flaxd (the
+    /// plugin tests, the benchmarks) get nodes with nothing running on them.
+    #[default]
+    Static,
+    /// One etcd for the lab and one `flaxd` per node: flaxd registers the
+    /// node, keeps its tunnels in step with the others and writes its
+    /// conflist. The CLI's default.
+    Etcd,
+}
+
+/// Seconds a crashed node's flaxd stays a member in an etcd lab: short, so
+/// that a lab shows a crash within seconds (production uses 10 or more).
+pub const DEFAULT_LEASE_TTL: u32 = 3;
+
 /// What to build.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterSpec {
@@ -47,6 +68,9 @@ pub struct ClusterSpec {
     /// The lab directory itself; `None` means `/run/linen-lab/<name>`.
     pub dir: Option<PathBuf>,
     pub underlay_mtu: u32,
+    pub membership: Membership,
+    /// flaxd's etcd lease TTL in seconds, with [`Membership::Etcd`].
+    pub lease_ttl: u32,
 }
 
 impl ClusterSpec {
@@ -59,6 +83,8 @@ impl ClusterSpec {
             topology: Topology::Mesh,
             dir: None,
             underlay_mtu: DEFAULT_UNDERLAY_MTU,
+            membership: Membership::Static,
+            lease_ttl: DEFAULT_LEASE_TTL,
         }
     }
 
@@ -68,8 +94,16 @@ impl ClusterSpec {
 
     pub fn validate(&self) -> Result<(), Error> {
         validate_name(&self.name)?;
-        if self.nodes == 0 || self.nodes > usize::from(MAX_NODES) {
-            return Err(Error::NodeCount { nodes: self.nodes });
+        if self.nodes == 0 || self.nodes > usize::from(self.max_nodes()) {
+            return Err(Error::NodeCount {
+                nodes: self.nodes,
+                max: self.max_nodes(),
+            });
+        }
+        if self.membership == Membership::Etcd && !(1..=3600).contains(&self.lease_ttl) {
+            return Err(Error::LeaseTtl {
+                ttl: self.lease_ttl,
+            });
         }
         if !(1280..=9000).contains(&self.underlay_mtu) {
             return Err(Error::Mtu {
@@ -77,6 +111,11 @@ impl ClusterSpec {
             });
         }
         Ok(())
+    }
+
+    /// 254, or 253 with etcd, whose address is the underlay's last.
+    pub fn max_nodes(&self) -> u8 {
+        max_nodes(self.membership)
     }
 
     /// The full state of the lab this spec describes, before anything exists.
@@ -99,8 +138,18 @@ impl ClusterSpec {
             underlay: Underlay::new(Netns::new(underlay_netns(&self.name)), self.underlay_mtu),
             nodes,
             pods: Vec::new(),
+            membership: self.membership,
+            etcd: (self.membership == Membership::Etcd).then(|| Etcd::plan(&dir, self.lease_ttl)),
             dir,
         }
+    }
+}
+
+/// The most nodes a lab with this membership can have.
+pub fn max_nodes(membership: Membership) -> u8 {
+    match membership {
+        Membership::Static => MAX_NODES,
+        Membership::Etcd => MAX_NODES - 1,
     }
 }
 
@@ -213,6 +262,28 @@ mod tests {
             (ClusterSpec::new("a", 0), false),
             (ClusterSpec::new("a", 255), false),
             (ClusterSpec::new("a", 254), true),
+            (
+                ClusterSpec {
+                    membership: Membership::Etcd,
+                    ..ClusterSpec::new("a", 254)
+                },
+                false,
+            ),
+            (
+                ClusterSpec {
+                    membership: Membership::Etcd,
+                    ..ClusterSpec::new("a", 253)
+                },
+                true,
+            ),
+            (
+                ClusterSpec {
+                    membership: Membership::Etcd,
+                    lease_ttl: 0,
+                    ..ClusterSpec::new("a", 3)
+                },
+                false,
+            ),
             (
                 ClusterSpec {
                     underlay_mtu: 1000,

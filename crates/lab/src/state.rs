@@ -16,9 +16,10 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::etcd::Etcd;
 use crate::node::Node;
 use crate::pod::Pod;
-use crate::spec::Topology;
+use crate::spec::{Membership, Topology};
 use crate::underlay::Underlay;
 
 pub const STATE_FILE: &str = "state.json";
@@ -78,6 +79,11 @@ pub struct LabState {
     /// Every pod, recorded before its namespace is created.
     #[serde(default)]
     pub pods: Vec<Pod>,
+    #[serde(default)]
+    pub membership: Membership,
+    /// The lab's etcd, with [`Membership::Etcd`].
+    #[serde(default)]
+    pub etcd: Option<Etcd>,
 }
 
 impl LabState {

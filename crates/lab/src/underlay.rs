@@ -19,6 +19,13 @@ pub const NODE_UPLINK: &str = "eth0";
 pub enum Error {
     #[error("create underlay namespace")]
     Netns(#[from] netns::Error),
+    #[error("turn off transmit checksum offload on {link} in underlay {underlay}")]
+    Offload {
+        link: String,
+        underlay: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{step} {object} in underlay {underlay}")]
     Link {
         step: &'static str,
@@ -101,6 +108,25 @@ impl Underlay {
             &["link", "set", port, "master", &self.bridge, "up"],
         )?;
         Ok(())
+    }
+
+    /// Gives the bridge `addr` (the lab's etcd listens on it), with transmit
+    /// checksums computed in software (see [`Netns::disable_tx_checksum`]:
+    /// else the nodes' userspace datapath drops etcd's TCP). Idempotent.
+    pub fn add_address(&self, addr: &ipnet::Ipv4Net) -> Result<()> {
+        self.netns
+            .disable_tx_checksum(&self.bridge)
+            .map_err(|source| Error::Offload {
+                link: self.bridge.clone(),
+                underlay: self.netns.name().to_owned(),
+                source,
+            })?;
+        let addr = addr.to_string();
+        self.ip(
+            "add address to",
+            &self.bridge,
+            &["addr", "replace", &addr, "dev", &self.bridge],
+        )
     }
 
     /// Deletes the namespace and with it the bridge and every veth end in it

@@ -24,12 +24,22 @@ fn remotes(lab: &TestLab, node: &str) -> Vec<String> {
     }
 }
 
+/// Static membership: the lab rewrites conflists and re-applies them (the
+/// etcd + flaxd path is `flaxd_*.rs`).
 #[test]
 fn pods_and_nodes_come_and_go() {
     let lab = TestLab::new();
     ok(&lab_cli(
         &lab,
-        &["up", "--nodes", "2", "--pods-per-node", "1"],
+        &[
+            "up",
+            "--nodes",
+            "2",
+            "--pods-per-node",
+            "1",
+            "--membership",
+            "static",
+        ],
     ));
     assert_eq!(remotes(&lab, "n1"), ["10.245.2.2"]);
 
@@ -153,7 +163,12 @@ fn bad_use_gets_a_clear_message() {
     assert!(err.contains("must run as root"), "{err}");
     // Bad arguments: a usage error, not a panic.
     let err = fails(&lab_cli(&lab, &["up", "--nodes", "0"]));
-    assert!(err.contains("1 to 254 nodes"), "{err}");
+    assert!(err.contains("1 to 253 nodes, not 0"), "{err}");
+    let err = fails(&lab_cli(
+        &lab,
+        &["up", "--nodes", "0", "--membership", "static"],
+    ));
+    assert!(err.contains("1 to 254 nodes, not 0"), "{err}");
     let err = fails(&lab_cli(&lab, &["up", "--topology", "ring"]));
     assert!(err.contains("invalid value 'ring'"), "{err}");
 

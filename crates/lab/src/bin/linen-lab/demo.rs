@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use linen_lab::{Cluster, ClusterSpec, LabState, Pod, Topology, ping, report, traffic};
+use linen_lab::{Cluster, ClusterSpec, LabState, Membership, Pod, Topology, ping, report, traffic};
 
 /// Prints `==> what`, runs `f`, prints how long it took.
 fn step<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
@@ -34,9 +34,16 @@ pub fn run(spec: ClusterSpec, keep: bool, seconds: u32) -> Result<ExitCode> {
         spec.lab_dir().display()
     );
     let pods = usize::from(spec.pods_per_node) * spec.nodes;
+    let membership = match spec.membership {
+        Membership::Etcd => format!(
+            "; etcd on the underlay and a flaxd per node, which registers it (lease TTL {}s), lays the tunnels to every other node and writes its conflist",
+            spec.lease_ttl
+        ),
+        Membership::Static => "; static membership: conflists list every VTEP".to_owned(),
+    };
     let mut cluster = step(
         &format!(
-            "Starting {} nodes: a network namespace each, its own ovsdb-server + ovs-vswitchd (userspace datapath), br-phy on a shared underlay",
+            "Starting {} nodes: a network namespace each, its own ovsdb-server + ovs-vswitchd (userspace datapath), br-phy on a shared underlay{membership}",
             spec.nodes
         ),
         || {
@@ -80,10 +87,14 @@ pub fn run(spec: ClusterSpec, keep: bool, seconds: u32) -> Result<ExitCode> {
             println!("    linen-lab exec {lab} {} -- ip addr", p.short_name());
         }
         println!("    linen-lab exec {lab} n1 -- ovs-vsctl show");
+        if state.membership == Membership::Etcd {
+            println!("    linen-lab add-node {lab} --pods 1");
+            println!("    linen-lab flaxd {lab} n2 kill");
+        }
         println!("    linen-lab down {lab}");
     } else {
         step(
-            "Tearing down: CNI DEL of every pod, OVS stopped, namespaces deleted",
+            "Tearing down: CNI DEL of every pod, flaxd (SIGTERM) and etcd stopped, OVS stopped, namespaces deleted",
             || Ok(cluster.down()?),
         )?;
     }

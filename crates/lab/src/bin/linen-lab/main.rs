@@ -8,7 +8,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use linen_lab::{Cluster, ClusterSpec, LabState, Topology, ping, report, traffic};
+use linen_lab::{
+    Cluster, ClusterSpec, LabState, Membership, StopMode, Topology, ping, report, traffic,
+};
 
 #[derive(Parser)]
 #[command(version, about = "A multi-node Linen cluster on one machine")]
@@ -64,6 +66,14 @@ struct Shape {
     /// Underlay MTU; pods get 50 less (VXLAN).
     #[arg(long, default_value_t = linen_lab::spec::DEFAULT_UNDERLAY_MTU)]
     mtu: u32,
+    /// How nodes learn about each other: etcd (one etcd for the lab, a flaxd
+    /// per node keeps tunnels and conflists in step) or static (the lab
+    /// writes vtepIPs into conflists and re-applies them on changes).
+    #[arg(long, value_enum, default_value_t = MembershipArg::Etcd)]
+    membership: MembershipArg,
+    /// With etcd: seconds a node whose flaxd crashed stays a member.
+    #[arg(long, default_value_t = linen_lab::spec::DEFAULT_LEASE_TTL)]
+    lease_ttl: u32,
 }
 
 impl Shape {
@@ -76,6 +86,11 @@ impl Shape {
             },
             pods_per_node: self.pods_per_node,
             underlay_mtu: self.mtu,
+            membership: match self.membership {
+                MembershipArg::Etcd => Membership::Etcd,
+                MembershipArg::Static => Membership::Static,
+            },
+            lease_ttl: self.lease_ttl,
             ..ClusterSpec::new(&lab.name, self.nodes)
         }
     }
@@ -145,8 +160,8 @@ enum Command {
         lab: Lab,
         pod: String,
     },
-    /// A new node joins; the others' conflists are rewritten and their
-    /// tunnels updated at once.
+    /// A new node joins; the others gain a tunnel to it (with etcd, their
+    /// flaxd does it; static: their conflists are rewritten and re-applied).
     AddNode {
         #[command(flatten)]
         lab: Lab,
@@ -154,8 +169,26 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         pods: u16,
     },
-    /// A node leaves with its pods; the others' tunnels to it are removed.
+    /// A node leaves with its pods; the others' tunnels to it are removed
+    /// (with etcd: its flaxd gets SIGTERM and revokes its lease).
     DelNode {
+        #[command(flatten)]
+        lab: Lab,
+        node: String,
+    },
+    /// Operate a node's flaxd (etcd labs): `stop` (SIGTERM: lease revoked,
+    /// peers drop the node at once), `kill` (SIGKILL, a crash: peers drop it
+    /// after the lease TTL), `start`.
+    Flaxd {
+        #[command(flatten)]
+        lab: Lab,
+        node: String,
+        #[arg(value_enum)]
+        action: FlaxdAction,
+    },
+    /// Crash a node's ovs-vswitchd (SIGKILL) and start it again, as a
+    /// supervisor would.
+    RestartVswitchd {
         #[command(flatten)]
         lab: Lab,
         node: String,
@@ -180,6 +213,19 @@ enum Command {
 enum TopologyArg {
     Mesh,
     Hub,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum MembershipArg {
+    Etcd,
+    Static,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FlaxdAction {
+    Start,
+    Stop,
+    Kill,
 }
 
 fn main() -> ExitCode {
@@ -263,17 +309,48 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if pods > 0 {
                 cluster.add_pods(&[(node.index, pods)])?;
             }
+            let how = match cluster.state().membership {
+                Membership::Etcd => "every other node's flaxd added a tunnel to it",
+                Membership::Static => "other nodes' conflists rewritten and tunnels updated",
+            };
             drop(cluster);
-            eprintln!(
-                "node {} joined ({}); other nodes' conflists rewritten and tunnels updated",
-                node.name, node.underlay_ip
-            );
+            eprintln!("node {} joined ({}); {how}", node.name, node.underlay_ip);
             print_status(&lab.dir())?;
         }
         Command::DelNode { lab, node } => {
-            lab.open()?.del_node(&node)?;
-            eprintln!("node {node} left; other nodes' tunnels to it removed");
+            let mut cluster = lab.open()?;
+            cluster.del_node(&node)?;
+            let how = match cluster.state().membership {
+                Membership::Etcd => "its flaxd revoked its lease; the others dropped their tunnels",
+                Membership::Static => "other nodes' tunnels to it removed",
+            };
+            drop(cluster);
+            eprintln!("node {node} left; {how}");
             print_status(&lab.dir())?;
+        }
+        Command::Flaxd { lab, node, action } => {
+            let mut cluster = lab.open()?;
+            match action {
+                FlaxdAction::Start => {
+                    let pid = cluster.start_flaxd(&node)?;
+                    eprintln!("flaxd of {node} runs (pid {pid})");
+                }
+                FlaxdAction::Stop => {
+                    cluster.stop_flaxd(&node, StopMode::Clean)?;
+                    eprintln!("flaxd of {node} stopped; its lease is revoked");
+                }
+                FlaxdAction::Kill => {
+                    cluster.stop_flaxd(&node, StopMode::Crash)?;
+                    let ttl = cluster.state().etcd.as_ref().map_or(0, |e| e.lease_ttl);
+                    eprintln!(
+                        "flaxd of {node} killed; the others drop it when its lease expires ({ttl}s)"
+                    );
+                }
+            }
+        }
+        Command::RestartVswitchd { lab, node } => {
+            lab.open()?.restart_vswitchd(&node)?;
+            eprintln!("ovs-vswitchd of {node} restarted");
         }
         Command::Demo {
             lab,

@@ -1,0 +1,63 @@
+//! Operating the daemons of one node of a running lab, as an operator or a
+//! failure would: flaxd stopped cleanly, killed, started again; ovs-vswitchd
+//! crashing and being restarted. The lab never repairs anything afterwards:
+//! what comes back is flaxd's and OVS's own doing.
+
+use crate::cluster::{Cluster, Error};
+use crate::flaxd::{self, StopMode};
+use crate::ovs::Daemon;
+use crate::{Result, spec::Membership};
+
+impl Cluster {
+    /// Stops the flaxd of node `name`: [`StopMode::Clean`] (SIGTERM, lease
+    /// revoked: peers drop the node at once) or [`StopMode::Crash`]
+    /// (SIGKILL: peers drop it once the lease TTL runs out). Idempotent.
+    pub fn stop_flaxd(&mut self, name: &str, mode: StopMode) -> Result<()> {
+        let pos = self.etcd_node(name)?;
+        flaxd::stop(&self.state.nodes[pos], mode)?;
+        self.state.nodes[pos].flaxd_pid = None;
+        self.save()
+    }
+
+    /// Starts the flaxd of node `name` again; returns its pid (the running
+    /// one's if it runs).
+    pub fn start_flaxd(&mut self, name: &str) -> Result<i32> {
+        let pos = self.etcd_node(name)?;
+        let node = &self.state.nodes[pos];
+        if let Some(pid) = node.flaxd_running() {
+            return Ok(pid);
+        }
+        let etcd = self.state.etcd.as_ref().expect("an etcd lab has etcd");
+        let pid = flaxd::start(&flaxd::binary()?, node, etcd)?;
+        self.state.nodes[pos].flaxd_pid = Some(pid);
+        self.save()?;
+        Ok(pid)
+    }
+
+    /// ovs-vswitchd of node `name` crashes (SIGKILL) and is started again,
+    /// as a supervisor would; it rebuilds bridges and ports from OVSDB.
+    pub fn restart_vswitchd(&self, name: &str) -> Result<()> {
+        let node = self.known_node(name)?;
+        let ovs = node.ovs();
+        ovs.kill(Daemon::Vswitchd)?;
+        ovs.start_vswitchd()?;
+        tracing::info!(node = %node.name, "ovs-vswitchd restarted");
+        Ok(())
+    }
+
+    fn etcd_node(&self, name: &str) -> Result<usize> {
+        let index = self.known_node(name)?.index;
+        if self.state.membership != Membership::Etcd {
+            return Err(Error::NoFlaxd {
+                lab: self.state.name.clone(),
+            }
+            .into());
+        }
+        Ok(self
+            .state
+            .nodes
+            .iter()
+            .position(|n| n.index == index)
+            .expect("a known node is in the state"))
+    }
+}
