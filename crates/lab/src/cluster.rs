@@ -257,6 +257,24 @@ impl Cluster {
             return Ok(());
         }
         let state = &self.state;
+        let lagging = || -> Vec<String> {
+            state
+                .nodes
+                .iter()
+                .filter_map(|n| {
+                    let want: BTreeSet<IpAddr> =
+                        flaxd::expected_remotes(state, n).into_iter().collect();
+                    let got = overlay::flaxd_remotes(n);
+                    (got.as_ref() != Some(&want)).then(|| {
+                        format!(
+                            "{} has tunnels to {got:?}, wants {want:?}; its flaxd log ends:\n{}",
+                            n.name,
+                            flaxd::log_tail(n, 5)
+                        )
+                    })
+                })
+                .collect()
+        };
         let converged = || {
             state.nodes.iter().all(|n| {
                 let want: BTreeSet<IpAddr> =
@@ -267,7 +285,10 @@ impl Cluster {
         wait::until("every node's flaxd tunnels", CONVERGE_TIMEOUT, || {
             converged().then_some(())
         })
-        .map_err(flaxd::Error::NotConverged)?;
+        .map_err(|source| flaxd::Error::NotConverged {
+            lagging: lagging().join("\n"),
+            source,
+        })?;
         Ok(())
     }
 

@@ -65,8 +65,12 @@ pub enum Error {
         planned: String,
         path: PathBuf,
     },
-    #[error("the overlay did not converge (flaxd logs: <run dir>/flaxd.log)")]
-    NotConverged(#[source] Timeout),
+    #[error("the overlay did not converge:\n{lagging}")]
+    NotConverged {
+        lagging: String,
+        #[source]
+        source: Timeout,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -226,6 +230,14 @@ pub fn stop_in(node: &str, run_dir: &Path, pid: Option<i32>, mode: StopMode) -> 
         })?;
     }
     Ok(())
+}
+
+/// The last `lines` lines of `node`'s flaxd log, for error messages (the
+/// log itself goes with the lab).
+pub fn log_tail(node: &Node, lines: usize) -> String {
+    let text = std::fs::read_to_string(node.flaxd_log()).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// The conflist flaxd wrote for `node`, if it is there and parses.

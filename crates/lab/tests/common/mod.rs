@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use linen_lab::{ClusterSpec, Daemon, Node, netns};
+use linen_lab::overlay::Tunnel;
+use linen_lab::{ClusterSpec, Daemon, Membership, Node, netns};
 use rand::Rng;
 
 /// A lab name no other test (or run) uses, and a temp directory for it.
@@ -39,6 +40,17 @@ impl TestLab {
             dir: Some(self.dir()),
             pods_per_node: 0,
             ..ClusterSpec::new(&self.name, nodes)
+        }
+    }
+
+    /// An etcd lab (a flaxd per node) of `nodes` nodes, `pods` pods each,
+    /// flaxd's lease TTL `ttl` seconds.
+    pub fn etcd_spec(&self, nodes: usize, pods: u16, ttl: u32) -> ClusterSpec {
+        ClusterSpec {
+            membership: Membership::Etcd,
+            lease_ttl: ttl,
+            pods_per_node: pods,
+            ..self.spec(nodes)
         }
     }
 
@@ -188,4 +200,29 @@ pub fn fails(out: &std::process::Output) -> String {
         String::from_utf8_lossy(&out.stdout)
     );
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Polls `check` until it returns `Some`, for at most `limit`; panics naming
+/// `what` after that.
+pub fn eventually<T>(
+    what: &str,
+    limit: std::time::Duration,
+    check: impl FnMut() -> Option<T>,
+) -> T {
+    linen_lab::wait::until(what, limit, check).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Linen's tunnels on `node` by remote address (empty without a bridge).
+pub fn tunnels_of(node: &Node) -> std::collections::BTreeMap<std::net::IpAddr, Tunnel> {
+    linen_lab::overlay::tunnels(node)
+        .unwrap_or_else(|e| panic!("{}: {}", node.name, linen_lab::error_chain(&e)))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| (t.remote, t))
+        .collect()
+}
+
+/// The remotes of `node`'s tunnels, as strings.
+pub fn remotes_of(node: &Node) -> Vec<String> {
+    tunnels_of(node).keys().map(ToString::to_string).collect()
 }
