@@ -68,23 +68,41 @@ fn main() {
     if std::env::var_os("CNI_COMMAND").is_some() {
         cni::plugin::run(&Echo, "echo test plugin");
     }
-    let dir = tempfile::tempdir().unwrap();
-    let bin = dir.path().join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    std::fs::copy(std::env::current_exe().unwrap(), bin.join("echo")).unwrap();
-    let exec = Exec::new(vec![bin], dir.path().join("cache"));
-
+    // A custom harness (the binary must also be the plugin), speaking libtest's command
+    // line through libtest-mimic so that `cargo test` and `cargo nextest` list, filter and
+    // run these tests like any other.
+    let args = libtest_mimic::Arguments::from_args();
     type Test = (&'static str, fn(&Exec));
     let tests: &[Test] = &[
         ("chain_in_every_version", chain_in_every_version),
         ("errors_and_panics", errors_and_panics),
         ("status_and_version", status_and_version),
     ];
-    for (name, test) in tests {
-        test(&exec);
-        println!("test {name} ... ok");
-    }
-    println!("\n{} passed, 0 failed", tests.len());
+    // One copy of this binary serves every test: copying it while another test thread
+    // forks would leak the copy's write descriptor into that child and make the exec
+    // fail with ETXTBSY ("text file busy").
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).expect("plugin dir");
+    std::fs::copy(
+        std::env::current_exe().expect("current exe"),
+        bin.join("echo"),
+    )
+    .expect("copy plugin");
+    let trials = tests
+        .iter()
+        .enumerate()
+        .map(|(i, &(name, test))| {
+            let (bin, cache) = (bin.clone(), dir.path().join(format!("cache{i}")));
+            libtest_mimic::Trial::test(name, move || {
+                test(&Exec::new(vec![bin], cache));
+                Ok(())
+            })
+        })
+        .collect();
+    let outcome = libtest_mimic::run(&args, trials);
+    drop(dir);
+    outcome.exit();
 }
 
 fn list(version: &str, plugins: serde_json::Value) -> NetworkConfigList {

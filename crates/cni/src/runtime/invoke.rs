@@ -160,7 +160,20 @@ impl Call<'_> {
             path: self.path.to_owned(),
             source,
         };
-        let mut child = cmd.spawn().map_err(spawn_err)?;
+        // Like libcni, retry a spawn that failed with "text file busy": a plugin binary
+        // just written (an install, a test) can still be held open for writing by a
+        // child another thread forked but has not exec'd yet. The window is short.
+        let mut attempts = 0;
+        let mut child = loop {
+            match cmd.spawn() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempts < 5 => {
+                    // Nothing to await: back off 10, 20, 40, 80, 160 ms.
+                    std::thread::sleep(std::time::Duration::from_millis(10 << attempts));
+                    attempts += 1;
+                }
+                other => break other.map_err(spawn_err)?,
+            }
+        };
         let mut stdin = child.stdin.take().expect("stdin is piped");
         // Feed stdin from a thread so a plugin that writes before it has read
         // everything cannot deadlock against us.
