@@ -11,11 +11,13 @@ echo "== format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --release -- -D warnings
 
-echo "== build (release, once)"
-cargo build --workspace --release --bins
+# One release build: the test run builds every binary the end-to-end tests execute
+# (`linen`, `flaxd`, `linen-lab` — each crate has integration tests, so cargo builds its
+# binaries) into target/release with the same features as the tests, so nothing is
+# compiled twice.
 export LINEN_BIN_DIR="$PWD/target/release"
 
-echo "== tests"
+echo "== build and run the tests (release)"
 if command -v cargo-nextest >/dev/null 2>&1; then
   cargo nextest run --workspace --release --no-fail-fast
 else
