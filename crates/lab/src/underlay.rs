@@ -38,6 +38,13 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A locally administered unicast MAC derived from `ip`: `02:00:` and its
+/// four octets.
+pub fn host_mac(ip: std::net::Ipv4Addr) -> String {
+    let [a, b, c, d] = ip.octets();
+    format!("02:00:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Underlay {
     pub netns: Netns,
@@ -110,10 +117,23 @@ impl Underlay {
         Ok(())
     }
 
-    /// Gives the bridge `addr` (the lab's etcd listens on it), with transmit
-    /// checksums computed in software (see [`Netns::disable_tx_checksum`]:
-    /// else the nodes' userspace datapath drops etcd's TCP). Idempotent.
+    /// Gives the bridge `addr` (the lab's etcd listens on it). Idempotent.
+    ///
+    /// Two things make the bridge a usable TCP endpoint for the nodes:
+    /// - a fixed MAC address: a Linux bridge otherwise takes the lowest MAC
+    ///   of its ports, which changes as nodes join, so a node that resolved
+    ///   the address before would send to a port's MAC for the lifetime of
+    ///   its neighbour entry (seen: one node's flaxd never reaching etcd);
+    /// - transmit checksums computed in software (see
+    ///   [`Netns::disable_tx_checksum`]): else the nodes' userspace datapath
+    ///   forwards partial checksums and their kernels drop etcd's TCP.
     pub fn add_address(&self, addr: &ipnet::Ipv4Net) -> Result<()> {
+        let mac = host_mac(addr.addr());
+        self.ip(
+            "set the MAC address of",
+            &self.bridge,
+            &["link", "set", "dev", &self.bridge, "address", &mac],
+        )?;
         self.netns
             .disable_tx_checksum(&self.bridge)
             .map_err(|source| Error::Offload {
@@ -147,5 +167,18 @@ impl Underlay {
             source,
         })?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_mac_is_local_unicast_and_names_the_address() {
+        assert_eq!(
+            host_mac("10.245.2.254".parse().unwrap()),
+            "02:00:0a:f5:02:fe"
+        );
     }
 }

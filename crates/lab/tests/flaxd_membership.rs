@@ -6,7 +6,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestLab, assert_nothing_left, eventually, lab_cli, ok, remotes_of, tunnels_of};
+use common::{
+    TestLab, assert_nothing_left, eventually, fails, lab_cli, lab_cli_env, ok, remotes_of,
+    tunnels_of,
+};
 use linen::model::Source::Flaxd;
 use linen_lab::{LabState, ping};
 
@@ -151,6 +154,49 @@ fn a_leaving_node_revokes_its_lease_and_disappears_at_once() {
     assert_eq!(remotes_of(s.node("n2").unwrap()), ["10.245.2.1"]);
     pings_pass(&s);
 
+    ok(&lab_cli(&lab, &["down"]));
+    assert_nothing_left(&lab);
+}
+
+#[test]
+fn a_missing_etcd_or_flaxd_is_named_before_anything_is_created() {
+    let lab = TestLab::new();
+    let err = fails(&lab_cli_env(
+        &lab,
+        &["up", "--nodes", "1"],
+        &[("PATH", "/nonexistent")],
+    ));
+    assert!(
+        err.contains("etcd (not in PATH)") && err.contains("etcd-server"),
+        "{err}"
+    );
+    // linen is there, flaxd is not.
+    let bins = tempfile::tempdir().unwrap();
+    let linen = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("linen"))
+        .expect("target dir");
+    std::os::unix::fs::symlink(&linen, bins.path().join("linen")).unwrap();
+    let dir = bins.path().to_string_lossy().into_owned();
+    let err = fails(&lab_cli_env(
+        &lab,
+        &["up", "--nodes", "1"],
+        &[("LINEN_BIN_DIR", &dir)],
+    ));
+    assert!(
+        err.contains("flaxd binary") && err.contains("cargo build -p flaxd"),
+        "{err}"
+    );
+    assert!(lab.namespaces().is_empty());
+    assert!(!lab.dir().exists());
+    // Static membership needs neither.
+    ok(&lab_cli_env(
+        &lab,
+        &["up", "--nodes", "1", "--membership", "static"],
+        &[("LINEN_BIN_DIR", &dir)],
+    ));
     ok(&lab_cli(&lab, &["down"]));
     assert_nothing_left(&lab);
 }
