@@ -162,6 +162,12 @@ fn footprint(
     }
 }
 
+/// A results.json written by an earlier run.
+pub fn read_results(path: &Path) -> Result<Report> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("decode {}", path.display()))
+}
+
 /// Writes `<out>/bench/results.json`, the SVGs and `<out>/BENCHMARKS.md`; returns the
 /// report's path.
 pub fn write(report: &Report, out: &Path) -> Result<PathBuf> {

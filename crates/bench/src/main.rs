@@ -23,6 +23,10 @@ struct Args {
     /// Run only these sections (cni, vteps, churn, dataplane, convergence).
     #[arg(long, value_delimiter = ',', value_parser = parse_section)]
     only: Vec<Section>,
+    /// Measure nothing: render the report and figures again from this results.json (e.g.
+    /// after editing bench/NOTES.md, the hand-written analysis appended to the report).
+    #[arg(long, value_name = "RESULTS_JSON", conflicts_with_all = ["quick", "only"])]
+    render: Option<PathBuf>,
 }
 
 fn parse_section(s: &str) -> Result<Section, String> {
@@ -53,7 +57,11 @@ fn main() -> ExitCode {
     if !args.only.is_empty() {
         plan.sections = args.only;
     }
-    let report = match linen_bench::run(&plan) {
+    let measured = match &args.render {
+        Some(path) => linen_bench::read_results(path),
+        None => linen_bench::run(&plan),
+    };
+    let report = match measured {
         Ok(r) => r,
         Err(e) => {
             eprintln!("linen-bench: {e:#}");
