@@ -2,8 +2,6 @@
 //! verified by real pings; torn down by `down`, by `Drop`, or by the next `up`
 //! after a crash.
 
-use std::collections::BTreeSet;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,7 +16,7 @@ use crate::spec::{ClusterSpec, MAX_NAME_LEN, Membership, validate_name};
 use crate::state::{self, Claim, LabDir, LabState, Opened, Owner};
 use crate::underlay::Underlay;
 use crate::wait::{self, Timeout};
-use crate::{Result, error_chain, flaxd, overlay, pod, preflight};
+use crate::{Result, error_chain, flaxd, pod, preflight};
 
 #[derive(Debug, Error)]
 pub enum Error {
@@ -103,9 +101,6 @@ pub enum Error {
 }
 
 const PING_TIMEOUT: Duration = Duration::from_secs(15);
-/// flaxd reacts within its debounce (100 ms) of an etcd event; a node that
-/// just started also waits for etcd and its first OVSDB transaction.
-const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A running lab owned by this value: dropping it tears the lab down, unless
 /// it was `detach`ed.
@@ -246,49 +241,6 @@ impl Cluster {
             }
         }
         tracing::info!(node = %node.name, ip = %node.underlay_ip, "node up");
-        Ok(())
-    }
-
-    /// With etcd membership, waits until every node's flaxd has a tunnel to
-    /// every other node and to no one else (bounded); nothing to wait for
-    /// with static membership.
-    pub fn await_overlay(&self) -> Result<()> {
-        if self.state.etcd.is_none() {
-            return Ok(());
-        }
-        let state = &self.state;
-        let lagging = || -> Vec<String> {
-            state
-                .nodes
-                .iter()
-                .filter_map(|n| {
-                    let want: BTreeSet<IpAddr> =
-                        flaxd::expected_remotes(state, n).into_iter().collect();
-                    let got = overlay::flaxd_remotes(n);
-                    (got.as_ref() != Some(&want)).then(|| {
-                        format!(
-                            "{} has tunnels to {got:?}, wants {want:?}; its flaxd log ends:\n{}",
-                            n.name,
-                            flaxd::log_tail(n, 5)
-                        )
-                    })
-                })
-                .collect()
-        };
-        let converged = || {
-            state.nodes.iter().all(|n| {
-                let want: BTreeSet<IpAddr> =
-                    flaxd::expected_remotes(state, n).into_iter().collect();
-                overlay::flaxd_remotes(n).is_some_and(|got| got == want)
-            })
-        };
-        wait::until("every node's flaxd tunnels", CONVERGE_TIMEOUT, || {
-            converged().then_some(())
-        })
-        .map_err(|source| flaxd::Error::NotConverged {
-            lagging: lagging().join("\n"),
-            source,
-        })?;
         Ok(())
     }
 

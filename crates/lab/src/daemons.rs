@@ -1,14 +1,67 @@
-//! Operating the daemons of one node of a running lab, as an operator or a
-//! failure would: flaxd stopped cleanly, killed, started again; ovs-vswitchd
-//! crashing and being restarted. The lab never repairs anything afterwards:
-//! what comes back is flaxd's and OVS's own doing.
+//! The daemons of an etcd lab: waiting for every flaxd to have its tunnels,
+//! and operating one node's daemons as an operator or a failure would: flaxd
+//! stopped cleanly, killed, started again; ovs-vswitchd crashing and being
+//! restarted. The lab never repairs anything afterwards: what comes back is
+//! flaxd's and OVS's own doing.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::time::Duration;
 
 use crate::cluster::{Cluster, Error};
 use crate::flaxd::{self, StopMode};
 use crate::ovs::Daemon;
-use crate::{Result, spec::Membership};
+use crate::wait;
+use crate::{Result, overlay, spec::Membership};
+
+/// flaxd reacts within its debounce (100 ms) of an etcd event; a node that
+/// just started also waits for etcd and its first OVSDB transaction.
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Cluster {
+    /// With etcd membership, waits until every node's flaxd has a tunnel to
+    /// every other node and to no one else (bounded); nothing to wait for
+    /// with static membership.
+    pub fn await_overlay(&self) -> Result<()> {
+        if self.state.etcd.is_none() {
+            return Ok(());
+        }
+        let state = &self.state;
+        let lagging = || -> Vec<String> {
+            state
+                .nodes
+                .iter()
+                .filter_map(|n| {
+                    let want: BTreeSet<IpAddr> =
+                        flaxd::expected_remotes(state, n).into_iter().collect();
+                    let got = overlay::flaxd_remotes(n);
+                    (got.as_ref() != Some(&want)).then(|| {
+                        format!(
+                            "{} has tunnels to {got:?}, wants {want:?}; its flaxd log ends:\n{}",
+                            n.name,
+                            flaxd::log_tail(n, 5)
+                        )
+                    })
+                })
+                .collect()
+        };
+        let converged = || {
+            state.nodes.iter().all(|n| {
+                let want: BTreeSet<IpAddr> =
+                    flaxd::expected_remotes(state, n).into_iter().collect();
+                overlay::flaxd_remotes(n).is_some_and(|got| got == want)
+            })
+        };
+        wait::until("every node's flaxd tunnels", CONVERGE_TIMEOUT, || {
+            converged().then_some(())
+        })
+        .map_err(|source| flaxd::Error::NotConverged {
+            lagging: lagging().join("\n"),
+            source,
+        })?;
+        Ok(())
+    }
+
     /// Stops the flaxd of node `name`: [`StopMode::Clean`] (SIGTERM, lease
     /// revoked: peers drop the node at once) or [`StopMode::Crash`]
     /// (SIGKILL: peers drop it once the lease TTL runs out). Idempotent.
