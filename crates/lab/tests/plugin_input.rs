@@ -116,6 +116,13 @@ fn bad_input_gets_the_right_code_and_changes_nothing() {
             says: "",
         },
         Case {
+            what: "a network namespace that does not exist",
+            env: vec![("CNI_NETNS", Some("/var/run/netns/linen-no-such-pod"))],
+            stdin: Stdin::Patch(json!({})),
+            code: 3,
+            says: "linen-no-such-pod",
+        },
+        Case {
             what: "bad IP in vtepIPs",
             env: vec![],
             stdin: Stdin::Patch(json!({"vtepIPs": ["10.245.2.2", "10.245.2.x"]})),

@@ -40,6 +40,8 @@ pub enum Error {
     NoLinuxBridge { names: String },
     #[error("prevResult has no interface inside the container named {ifname}")]
     NoPodInterface { ifname: String },
+    #[error("cannot enter the container's network namespace {netns}: {reason}")]
+    PodNetns { netns: String, reason: String },
     #[error("pod interface {ifname} is missing from network namespace {netns}")]
     PodLinkMissing { ifname: String, netns: String },
     #[error(
@@ -110,7 +112,10 @@ impl Error {
             | Error::NoPodInterface { .. }
             | Error::MtuTooLarge { .. }
             | Error::UnderlayTooSmall { .. } => E::INVALID_NETWORK_CONFIG,
-            Error::PodLinkMissing { .. } if verb == Verb::Check => code::CHECK_FAILED,
+            Error::PodLinkMissing { .. } | Error::PodNetns { .. } if verb == Verb::Check => {
+                code::CHECK_FAILED
+            }
+            Error::PodNetns { .. } => E::UNKNOWN_CONTAINER,
             Error::PodLinkMissing { .. } => E::UNKNOWN_CONTAINER,
             Error::AttachedElsewhere { .. } => code::CONFLICT,
             Error::NoInternalPort { .. } => code::NO_INTERNAL_PORT,

@@ -1,11 +1,12 @@
 //! The few netlink operations Linen needs, over `rtnetlink`, in the host namespace or in a
 //! pod's namespace.
 //!
-//! `setns` changes the namespace of one thread only, so a pod-side connection is made by
-//! opening the netlink socket on a short-lived helper thread that has entered the pod's
-//! namespace: a socket stays bound to the namespace it was created in, so the tokio
-//! runtime can drive it from any thread afterwards, and no runtime thread ever changes
-//! namespace.
+//! `setns` changes the namespace of the calling thread only. A netlink socket stays bound
+//! to the namespace it was created in, so a pod-side connection needs only its socket to
+//! be created inside the pod's namespace: [`PodSocket::open`] enters the namespace, opens
+//! the socket and returns to the thread's own namespace before it returns. The plugin
+//! calls it in its synchronous preamble, before any async runtime exists, so no runtime
+//! thread ever changes namespace and no helper thread is needed.
 
 use std::fs::File;
 use std::net::IpAddr;
@@ -34,6 +35,37 @@ pub enum LinkError {
 }
 
 pub type Result<T, E = LinkError> = std::result::Result<T, E>;
+
+/// A route netlink socket created inside a pod's network namespace.
+pub struct PodSocket(std::os::fd::OwnedFd);
+
+impl PodSocket {
+    /// Enters the namespace at `netns` on the calling thread, opens a NETLINK_ROUTE socket
+    /// there and returns to the thread's own namespace. Call it where no async task can
+    /// run on this thread in between (it is synchronous throughout).
+    pub fn open(netns: &Path) -> Result<Self> {
+        use nix::sched::{CloneFlags, setns};
+        let fail = |reason: String| LinkError::Netns {
+            path: netns.to_owned(),
+            reason,
+        };
+        let own = File::open("/proc/thread-self/ns/net")
+            .map_err(|e| fail(format!("cannot open own namespace: {e}")))?;
+        let target = File::open(netns).map_err(|e| fail(e.to_string()))?;
+        setns(&target, CloneFlags::CLONE_NEWNET).map_err(|e| fail(e.to_string()))?;
+        let socket = rtnetlink::sys::Socket::new(rtnetlink::sys::constants::NETLINK_ROUTE);
+        // Back home before anything else can happen, whatever the socket call did. If
+        // that fails the thread is stranded in the pod's namespace: stop here.
+        setns(&own, CloneFlags::CLONE_NEWNET)
+            .map_err(|e| fail(format!("cannot return to own namespace: {e}")))?;
+        let socket = socket.map_err(LinkError::Socket)?;
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        // SAFETY: the raw fd comes from a socket we own and hand over here.
+        Ok(PodSocket(unsafe {
+            std::os::fd::OwnedFd::from_raw_fd(socket.into_raw_fd())
+        }))
+    }
+}
 
 /// A link as Linen needs to see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,31 +100,13 @@ impl Netlink {
         Ok(Netlink { handle })
     }
 
-    /// A connection inside the namespace at `netns` (a pod's), made on a helper thread.
-    pub fn connect_in(netns: &Path) -> Result<Self> {
-        let file = File::open(netns).map_err(|e| LinkError::Netns {
-            path: netns.to_owned(),
-            reason: e.to_string(),
-        })?;
-        let runtime = tokio::runtime::Handle::current();
-        let made = std::thread::scope(|s| {
-            s.spawn(|| {
-                let _guard = runtime.enter();
-                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
-                    LinkError::Netns {
-                        path: netns.to_owned(),
-                        reason: e.to_string(),
-                    }
-                })?;
-                // The helper thread ends right after; its namespace goes with it.
-                rtnetlink::new_connection().map_err(LinkError::Socket)
-            })
-            .join()
-        });
-        let (conn, handle, _) = made.map_err(|_| LinkError::Netns {
-            path: netns.to_owned(),
-            reason: "helper thread failed".into(),
-        })??;
+    /// A connection over a socket opened in a pod's namespace. Needs a tokio runtime.
+    pub fn connect_in(socket: PodSocket) -> Result<Self> {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        let fd = socket.0.into_raw_fd();
+        // SAFETY: `fd` is a netlink socket we own; ownership moves to the TokioSocket.
+        let socket = unsafe { rtnetlink::sys::TokioSocket::from_raw_fd(fd) };
+        let (conn, handle, _) = rtnetlink::from_socket(socket);
         tokio::spawn(conn);
         Ok(Netlink { handle })
     }

@@ -11,7 +11,7 @@ use cni::{Attachment, NetConf, types};
 
 use crate::config::LinenConfig;
 use crate::error::{Error, Result, Verb};
-use crate::link::{Link, Netlink};
+use crate::link::{Link, LinkError, Netlink, PodSocket};
 use crate::model::{self, BridgeSpec, Source, TunnelSpec};
 use crate::mtu;
 use crate::ovs::Ovs;
@@ -22,7 +22,11 @@ pub struct Linen;
 
 impl Plugin for Linen {
     fn add(&self, args: &CmdArgs) -> Result<types::Result, cni::Error> {
-        block_on(add(args)).map_err(|e| e.to_cni(Verb::Add))
+        // Input first: a bad configuration is refused before anything is touched.
+        config_and_prev(args)
+            .and_then(|(cfg, prev)| Ok((cfg, prev, pod_socket(args)?)))
+            .and_then(|(cfg, prev, pod)| block_on(add(args, cfg, prev, pod)))
+            .map_err(|e| e.to_cni(Verb::Add))
     }
 
     /// Linen keeps no per-attachment state: the bridge, its internal port and the tunnels
@@ -36,7 +40,10 @@ impl Plugin for Linen {
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), cni::Error> {
-        block_on(check(args)).map_err(|e| e.to_cni(Verb::Check))
+        config_and_prev(args)
+            .and_then(|(cfg, prev)| Ok((cfg, prev, pod_socket(args)?)))
+            .and_then(|(cfg, prev, pod)| block_on(check(args, cfg, prev, pod)))
+            .map_err(|e| e.to_cni(Verb::Check))
     }
 
     /// Ready when OVSDB answers.
@@ -56,6 +63,19 @@ impl Plugin for Linen {
             .map(drop)
             .map_err(|e| Error::from(e).to_cni(Verb::Gc))
     }
+}
+
+/// Opens the netlink socket into the pod's namespace, before any runtime exists (see
+/// [`PodSocket::open`]). A namespace that cannot be entered is a container that is gone.
+fn pod_socket(args: &CmdArgs) -> Result<PodSocket> {
+    let netns = args.netns.as_deref().unwrap_or(Path::new(""));
+    PodSocket::open(netns).map_err(|e| match e {
+        LinkError::Netns { path, reason } => Error::PodNetns {
+            netns: path.display().to_string(),
+            reason,
+        },
+        other => Error::Link(other),
+    })
 }
 
 /// Runs one verb on a single-threaded runtime: a plugin process does one thing at a time,
@@ -172,8 +192,12 @@ fn config_and_prev(args: &CmdArgs) -> Result<(LinenConfig, &types::Result)> {
     Ok((cfg, prev))
 }
 
-async fn add(args: &CmdArgs) -> Result<types::Result> {
-    let (cfg, prev) = config_and_prev(args)?;
+async fn add(
+    args: &CmdArgs,
+    cfg: LinenConfig,
+    prev: &types::Result,
+    pod: PodSocket,
+) -> Result<types::Result> {
     let nl = Netlink::connect()?;
     let att = attached(prev, &args.ifname, &nl).await?;
     let plan = prepare(cfg, &nl).await?;
@@ -208,7 +232,7 @@ async fn add(args: &CmdArgs) -> Result<types::Result> {
 
     // The pod's MTU: exactly the configured one, or lowered to what the tunnel carries.
     let netns = args.netns.as_deref().unwrap_or(Path::new(""));
-    let pod_nl = Netlink::connect_in(netns)?;
+    let pod_nl = Netlink::connect_in(pod)?;
     let pod_link =
         pod_nl
             .link_by_name(&args.ifname)
@@ -260,8 +284,12 @@ async fn internal_link(bridge: &str, ovs: &Ovs, nl: &Netlink) -> Result<Link> {
     })
 }
 
-async fn check(args: &CmdArgs) -> Result<()> {
-    let (cfg, prev) = config_and_prev(args)?;
+async fn check(
+    args: &CmdArgs,
+    cfg: LinenConfig,
+    prev: &types::Result,
+    pod: PodSocket,
+) -> Result<()> {
     let nl = Netlink::connect()?;
     let att = attached(prev, &args.ifname, &nl).await?;
     let plan = prepare(cfg, &nl).await?;
@@ -314,7 +342,7 @@ async fn check(args: &CmdArgs) -> Result<()> {
     }
 
     let netns = args.netns.as_deref().unwrap_or(Path::new(""));
-    let pod_link = Netlink::connect_in(netns)?
+    let pod_link = Netlink::connect_in(pod)?
         .link_by_name(&args.ifname)
         .await?
         .ok_or_else(|| Error::PodLinkMissing {
