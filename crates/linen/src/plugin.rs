@@ -231,16 +231,7 @@ async fn add(
     }
 
     // The pod's MTU: exactly the configured one, or lowered to what the tunnel carries.
-    let netns = args.netns.as_deref().unwrap_or(Path::new(""));
-    let pod_nl = Netlink::connect_in(pod)?;
-    let pod_link =
-        pod_nl
-            .link_by_name(&args.ifname)
-            .await?
-            .ok_or_else(|| Error::PodLinkMissing {
-                ifname: args.ifname.clone(),
-                netns: netns.display().to_string(),
-            })?;
+    let (pod_nl, pod_link) = pod_link(args, pod).await?;
     let target = match (plan.cfg.mtu, plan.max_mtu) {
         (Some(want), _) => Some(want),
         (None, Some(max)) if pod_link.mtu > max => Some(max),
@@ -262,6 +253,24 @@ async fn add(
         }
     }
     Ok(result)
+}
+
+/// A connection into the pod's namespace and its CNI_IFNAME link there.
+async fn pod_link(args: &CmdArgs, pod: PodSocket) -> Result<(Netlink, Link)> {
+    let nl = Netlink::connect_in(pod)?;
+    let link = nl
+        .link_by_name(&args.ifname)
+        .await?
+        .ok_or_else(|| Error::PodLinkMissing {
+            ifname: args.ifname.clone(),
+            netns: args
+                .netns
+                .as_deref()
+                .unwrap_or(Path::new(""))
+                .display()
+                .to_string(),
+        })?;
+    Ok((nl, link))
 }
 
 /// The bridge's internal link. When the database is in step but the link is missing
@@ -341,14 +350,7 @@ async fn check(
         )));
     }
 
-    let netns = args.netns.as_deref().unwrap_or(Path::new(""));
-    let pod_link = Netlink::connect_in(pod)?
-        .link_by_name(&args.ifname)
-        .await?
-        .ok_or_else(|| Error::PodLinkMissing {
-            ifname: args.ifname.clone(),
-            netns: netns.display().to_string(),
-        })?;
+    let (_, pod_link) = pod_link(args, pod).await?;
     if let Some(want) = plan.cfg.mtu {
         if pod_link.mtu != want {
             return Err(Error::Check(format!(
