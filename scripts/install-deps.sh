@@ -38,6 +38,20 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# An offline validator for the Kubernetes manifests in deploy/ (schemas ship inside the
+# package), used by flaxd's deploy test. Installed apart from the system Python.
+K8S_VALIDATE_DIR=/opt/linen-tools/py
+if [ ! -e "$K8S_VALIDATE_DIR/kubernetes_validate" ]; then
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+  fi
+  echo "install-deps: installing kubernetes-validate into $K8S_VALIDATE_DIR"
+  python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
+    --target "$K8S_VALIDATE_DIR" kubernetes-validate==1.37.0
+fi
+
 # The Debian packages start nothing here (no systemd); the lab and the tests start their own
 # ovsdb-server/ovs-vswitchd per simulated node. Make sure no stray packaged instance holds the
 # default socket: we never rely on it.

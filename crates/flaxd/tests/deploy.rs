@@ -169,3 +169,59 @@ fn manifests_are_valid_current_api_objects() {
         .unwrap();
     assert_eq!(probe.path.as_deref(), Some("/healthz"));
 }
+
+/// Runs the offline validator (`kubernetes-validate`, schemas bundled, installed by
+/// `scripts/install-deps.sh`) on `files`; returns its exit status and output.
+fn kubernetes_validate(files: &[&Path]) -> (bool, String) {
+    const DIR: &str = "/opt/linen-tools/py";
+    assert!(
+        Path::new(DIR).join("kubernetes_validate").exists(),
+        "kubernetes-validate is not installed in {DIR}: run scripts/install-deps.sh"
+    );
+    let out = std::process::Command::new("python3")
+        .env("PYTHONPATH", DIR)
+        .args([
+            "-m",
+            "kubernetes_validate",
+            "--strict",
+            "--kubernetes-version",
+            "1.30.0",
+        ])
+        .args(files)
+        .output()
+        .expect("run python3");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn manifests_pass_an_offline_schema_validator() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    let refs: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
+    let (ok, text) = kubernetes_validate(&refs);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("daemonset/flaxd"),
+        "the DaemonSet was validated: {text}"
+    );
+
+    // The validator does reject what the API server would: a field the schema lacks.
+    let tmp = tempfile::tempdir().unwrap();
+    let broken = tmp.path().join("broken.yaml");
+    std::fs::write(
+        &broken,
+        "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: x}\nspec:\n  selector: {matchLabels: {a: b}}\n  template:\n    metadata: {labels: {a: b}}\n    spec:\n      containers: [{name: c, image: i, hostNetwrk: true}]\n",
+    )
+    .unwrap();
+    let (ok, text) = kubernetes_validate(&[&broken]);
+    assert!(!ok, "a misspelt field must fail: {text}");
+}
