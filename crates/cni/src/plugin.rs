@@ -189,9 +189,14 @@ pub fn dispatch(
             (1, error.to_json(&cni_version))
         }
     };
-    let written = serde_json::to_writer_pretty(&mut *stdout, &value)
+    // One write: stdout is line-buffered, and a pretty-printed result written through it
+    // would cost a system call per line.
+    let written = serde_json::to_vec_pretty(&value)
         .map_err(std::io::Error::from)
-        .and_then(|()| stdout.write_all(b"\n"))
+        .and_then(|mut bytes| {
+            bytes.push(b'\n');
+            stdout.write_all(&bytes)
+        })
         .and_then(|()| stdout.flush());
     if let Err(e) = written {
         tracing::error!(error = %e, "writing to stdout failed");
