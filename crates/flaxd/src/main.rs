@@ -105,7 +105,10 @@ struct Args {
     resync: u64,
 }
 
-#[tokio::main]
+// One thread is plenty for a node daemon whose work is a few sockets and one reconcile at a
+// time, and it keeps memory down: glibc gives every thread that allocates its own arena,
+// and a multi-threaded runtime kept ~25 MiB of freed buffers after a 1000-member burst.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
