@@ -75,16 +75,7 @@ impl Exec {
         validate(list, rt)?;
         let mut prev: Option<types::Result> = None;
         for plugin in &list.plugins {
-            let stdin = build_request(
-                &list.name,
-                list.cni_version,
-                plugin,
-                Inject::Attachment {
-                    rt,
-                    prev_result: prev.as_ref(),
-                },
-            );
-            let out = self.call(plugin, Command::Add, Some(rt), &stdin)?;
+            let out = self.attachment_call(list, plugin, Command::Add, rt, prev.as_ref())?;
             let (version, result) =
                 types::Result::from_slice(&out, list.cni_version).map_err(|source| {
                     Error::DecodeResult {
@@ -102,6 +93,21 @@ impl Exec {
         let result = prev.unwrap_or_default();
         cache::write(&self.cache_dir, list, rt, &result)?;
         Ok(result)
+    }
+
+    /// Runs ADD, CHECK or DEL of one plugin of `list` for the attachment `rt`, with
+    /// `prev_result` as its `prevResult`; returns the plugin's stdout.
+    fn attachment_call(
+        &self,
+        list: &NetworkConfigList,
+        plugin: &PluginConfig,
+        command: Command,
+        rt: &RuntimeConf,
+        prev_result: Option<&types::Result>,
+    ) -> Result<Vec<u8>> {
+        let inject = Inject::Attachment { rt, prev_result };
+        let stdin = build_request(&list.name, list.cni_version, plugin, inject);
+        self.call(plugin, command, Some(rt), &stdin)
     }
 
     /// CHECK every plugin in order with the cached ADD result as `prevResult`.
@@ -127,16 +133,7 @@ impl Exec {
                 }
             })?;
         for plugin in &list.plugins {
-            let stdin = build_request(
-                &list.name,
-                list.cni_version,
-                plugin,
-                Inject::Attachment {
-                    rt,
-                    prev_result: Some(&cached),
-                },
-            );
-            self.call(plugin, Command::Check, Some(rt), &stdin)?;
+            self.attachment_call(list, plugin, Command::Check, rt, Some(&cached))?;
         }
         Ok(())
     }
@@ -156,16 +153,7 @@ impl Exec {
             None
         };
         for plugin in list.plugins.iter().rev() {
-            let stdin = build_request(
-                &list.name,
-                list.cni_version,
-                plugin,
-                Inject::Attachment {
-                    rt,
-                    prev_result: cached.as_ref(),
-                },
-            );
-            self.call(plugin, Command::Del, Some(rt), &stdin)?;
+            self.attachment_call(list, plugin, Command::Del, rt, cached.as_ref())?;
         }
         cache::delete(&self.cache_dir, &list.name, rt)
     }
