@@ -23,7 +23,7 @@ use thiserror::Error;
 use crate::conflist::{LINUX_BRIDGE, NETWORK_NAME, OVS_BRIDGE};
 use crate::etcd::{self, Etcd};
 use crate::node::{CLUSTER_CIDR, Node, Role};
-use crate::pod::BIN_DIR_ENV;
+use crate::pod::{self, BIN_DIR_ENV};
 use crate::process::{self, Proof};
 use crate::state::LabState;
 use crate::wait::{self, Timeout};
@@ -89,23 +89,13 @@ pub enum Health {
 /// executable, else one level up (test binaries live in `target/*/deps`) —
 /// the same search as for the `linen` plugin.
 pub fn binary() -> Result<PathBuf> {
-    let exe_dir = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(Path::to_path_buf));
-    let env_dir = std::env::var_os(BIN_DIR_ENV).map(PathBuf::from);
+    let (env_dir, exe_dir) = pod::bin_dir_hints();
     find_binary(env_dir, exe_dir)
 }
 
 /// Pure part of [`binary`].
 pub fn find_binary(env_dir: Option<PathBuf>, exe_dir: Option<PathBuf>) -> Result<PathBuf> {
-    let candidates: Vec<PathBuf> = match env_dir {
-        Some(dir) => vec![dir],
-        None => exe_dir
-            .iter()
-            .flat_map(|d| [Some(d.clone()), d.parent().map(Path::to_path_buf)])
-            .flatten()
-            .collect(),
-    };
+    let candidates = pod::build_dirs(env_dir, exe_dir);
     candidates
         .iter()
         .map(|d| d.join(PROGRAM))

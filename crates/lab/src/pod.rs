@@ -145,11 +145,31 @@ pub fn next_index(state: &LabState, node: u8) -> u16 {
 /// running executable, else one level up (test binaries live in
 /// `target/<profile>/deps`), else in the system directories.
 pub fn plugin_dirs() -> Result<Vec<PathBuf>> {
+    let (env_dir, exe_dir) = bin_dir_hints();
+    find_plugin_dirs(env_dir, exe_dir)
+}
+
+/// `$LINEN_BIN_DIR` and the running executable's directory: where this build's binaries
+/// (`linen`, `flaxd`) are looked for.
+pub fn bin_dir_hints() -> (Option<PathBuf>, Option<PathBuf>) {
     let exe_dir = std::env::current_exe()
         .ok()
         .and_then(|e| e.parent().map(Path::to_path_buf));
-    let env_dir = std::env::var_os(BIN_DIR_ENV).map(PathBuf::from);
-    find_plugin_dirs(env_dir, exe_dir)
+    (std::env::var_os(BIN_DIR_ENV).map(PathBuf::from), exe_dir)
+}
+
+/// The directories that may hold this build's binaries, in order: `env_dir` alone when
+/// set (an explicit choice is the only one: never fall back to another build), else
+/// `exe_dir` and its parent (test binaries live in `target/<profile>/deps`).
+pub fn build_dirs(env_dir: Option<PathBuf>, exe_dir: Option<PathBuf>) -> Vec<PathBuf> {
+    match env_dir {
+        Some(dir) => vec![dir],
+        None => exe_dir
+            .iter()
+            .flat_map(|d| [Some(d.clone()), d.parent().map(Path::to_path_buf)])
+            .flatten()
+            .collect(),
+    }
 }
 
 /// Pure part of [`plugin_dirs`].
@@ -158,16 +178,11 @@ pub fn find_plugin_dirs(
     exe_dir: Option<PathBuf>,
 ) -> Result<Vec<PathBuf>> {
     let system: Vec<PathBuf> = SYSTEM_PLUGIN_DIRS.iter().map(PathBuf::from).collect();
-    let candidates: Vec<PathBuf> = match env_dir {
-        // An explicit choice is the only one: never fall back to another build.
-        Some(dir) => vec![dir],
-        None => exe_dir
-            .iter()
-            .flat_map(|d| [Some(d.clone()), d.parent().map(Path::to_path_buf)])
-            .flatten()
-            .chain(system.iter().cloned())
-            .collect(),
-    };
+    let explicit = env_dir.is_some();
+    let mut candidates = build_dirs(env_dir, exe_dir);
+    if !explicit {
+        candidates.extend(system.iter().cloned());
+    }
     let found = candidates.iter().find(|d| d.join("linen").is_file());
     match found {
         Some(dir) => {

@@ -20,25 +20,14 @@ use linen_lab::{Cluster, ClusterSpec, NetnsGuard, Node, Topology};
 use rand::Rng;
 use serde_json::{Value, json};
 
-/// Where the `linen` binary is: `LINEN_BIN_DIR`, else next to the test binary's
-/// directory (target/<profile>/deps/.. ).
-pub fn bin_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("LINEN_BIN_DIR") {
-        return PathBuf::from(dir);
-    }
-    let exe = std::env::current_exe().expect("current exe");
-    let deps = exe.parent().expect("exe dir");
-    let dir = deps.parent().expect("profile dir").to_path_buf();
-    assert!(
-        dir.join("linen").exists(),
-        "no linen binary in {}: run `cargo build --bins` (same profile) or set LINEN_BIN_DIR",
-        dir.display()
-    );
-    dir
+/// CNI_PATH for the tests: the directory holding this build's `linen` first (the lab's own
+/// search: `LINEN_BIN_DIR`, else next to the test binary's directory), then the system's.
+pub fn plugin_dirs() -> Vec<PathBuf> {
+    linen_lab::pod::plugin_dirs().unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub fn linen_bin() -> PathBuf {
-    bin_dir().join("linen")
+    plugin_dirs()[0].join("linen")
 }
 
 /// A lab with a unique name under a temp directory; torn down on drop.
@@ -112,11 +101,7 @@ impl Lab {
     /// The runtime for node `i`: plugins run inside the node's namespace.
     pub fn exec(&self, node: usize) -> Exec {
         let n = self.node(node);
-        Exec::new(
-            vec![bin_dir(), PathBuf::from("/usr/lib/cni")],
-            n.run_dir.join("cni-cache"),
-        )
-        .in_netns(&n.netns_path)
+        Exec::new(plugin_dirs(), n.run_dir.join("cni-cache")).in_netns(&n.netns_path)
     }
 
     /// `bridge` + `host-local` + `linen` for node `i`, in `version`. Every node lists every
