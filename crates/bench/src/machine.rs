@@ -55,26 +55,22 @@ fn field(text: &str, key: &str) -> Option<String> {
 /// The directory holding `linen` (and `flaxd` when built): `LINEN_BIN_DIR`, else the
 /// directory of this executable, else its parent (a test binary lives in `deps/`).
 pub fn bin_dir() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os(BIN_DIR_ENV) {
-        let dir = PathBuf::from(dir);
-        if dir.join("linen").is_file() {
-            return Ok(dir);
-        }
-        bail!("{BIN_DIR_ENV}={} holds no linen binary", dir.display());
-    }
-    let exe = std::env::current_exe()?;
-    let mut candidates = Vec::new();
-    if let Some(d) = exe.parent() {
-        candidates.push(d.to_path_buf());
-        if let Some(p) = d.parent() {
-            candidates.push(p.to_path_buf());
-        }
-    }
+    let (env_dir, exe_dir) = linen_lab::pod::bin_dir_hints();
+    let explicit = env_dir.is_some();
+    let candidates = linen_lab::pod::build_dirs(env_dir, exe_dir);
     match candidates.iter().find(|d| d.join("linen").is_file()) {
         Some(d) => Ok(d.clone()),
+        None if explicit => bail!(
+            "{BIN_DIR_ENV}={} holds no linen binary",
+            candidates[0].display()
+        ),
         None => bail!(
-            "no linen binary next to {}: build it (`cargo build --release -p linen -p linen-bench`) or set {BIN_DIR_ENV}",
-            exe.display()
+            "no linen binary in {}: build it (`cargo build --release -p linen -p linen-bench`) or set {BIN_DIR_ENV}",
+            candidates
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }
