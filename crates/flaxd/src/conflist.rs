@@ -2,7 +2,6 @@
 //! node's pod subnet inside the cluster CIDR) chained with `linen`. flaxd manages the
 //! tunnels, so the `linen` entry lists no `vtepIPs`; its `mtu` comes from [`linen::mtu`].
 
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -22,7 +21,7 @@ pub enum ConflistError {
     Write {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: linen::install::InstallError,
     },
 }
 
@@ -119,42 +118,16 @@ pub fn render(spec: &ConflistSpec, pod_cidr: IpNet) -> Result<String, ConflistEr
     Ok(text)
 }
 
-/// Writes `content` to `path` unless it already holds exactly that, atomically: a temporary
-/// file in the same directory, fsync, rename over `path`, fsync of the directory. A reader
-/// (the container runtime) sees the old file or the new one, never a partial one. Returns
-/// whether it wrote.
+/// Writes `content` to `path` unless it already holds exactly that, atomically (see
+/// [`linen::install::write_atomic`]): a reader (the container runtime) sees the old file or
+/// the new one, never a partial one. Returns whether it wrote.
 pub fn write_if_changed(path: &Path, content: &str) -> Result<bool, ConflistError> {
-    let err = |source| ConflistError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    if std::fs::read(path).is_ok_and(|old| old == content.as_bytes()) {
-        return Ok(false);
-    }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir).map_err(err)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-    // Not ending in .conflist/.conf/.json: a runtime listing the directory ignores it.
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{}.", name.as_deref().unwrap_or("conflist")))
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(err)?;
-    tmp.write_all(content.as_bytes()).map_err(err)?;
-    tmp.as_file().sync_all().map_err(err)?;
-    std::fs::set_permissions(
-        tmp.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
-    )
-    .map_err(err)?;
-    tmp.persist(path).map_err(|e| err(e.error))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(err)?;
-    Ok(true)
+    linen::install::write_atomic(path, content.as_bytes(), 0o644).map_err(|source| {
+        ConflistError::Write {
+            path: path.to_owned(),
+            source,
+        }
+    })
 }
 
 #[cfg(test)]

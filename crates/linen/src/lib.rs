@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod error;
+pub mod install;
 pub mod link;
 pub mod model;
 pub mod mtu;
