@@ -71,9 +71,11 @@ make_root() {
   mount -t tmpfs tmpfs "$root/tmp"
   # apt keeps what it downloads here; the next run starts from it (the root is still fresh).
   mount --bind "$cache/$suite" "$root/var/cache/apt/archives"
-  # This machine's trust store: the package and crate clients here need it.
-  mkdir -p "$root/etc/ssl/certs"
+  # This machine's trust store: the package and crate clients here need it. Also as a local
+  # CA, so it survives the ca-certificates package regenerating the bundle in the root.
+  mkdir -p "$root/etc/ssl/certs" "$root/usr/local/share/ca-certificates"
   cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
+  cp /etc/ssl/certs/ca-certificates.crt "$root/usr/local/share/ca-certificates/host-trust.crt"
 }
 
 in_root() {

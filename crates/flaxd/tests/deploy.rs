@@ -1,12 +1,14 @@
 //! Every YAML document in `deploy/` parses, decodes into its Kubernetes API type
 //! (k8s-openapi, the current API versions), and holds what flaxd needs: read-only access to
-//! Nodes, host networking, and the OVS / CNI host paths.
+//! Nodes, host networking, and the OVS / CNI host paths; one manifest (`deploy/linen.yaml`)
+//! holds the whole install, runs the image `scripts/build-image.sh` builds, and configures
+//! flaxd only with settings flaxd has.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use flaxd::k8s::k8s_openapi::api::apps::v1::DaemonSet;
-use flaxd::k8s::k8s_openapi::api::core::v1::ServiceAccount;
+use flaxd::k8s::k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
 use flaxd::k8s::k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use serde::Deserialize;
 use serde_json::Value;
@@ -55,7 +57,7 @@ fn manifests_are_valid_current_api_objects() {
             "{what}: no name"
         );
         let want_api = match kind {
-            "ServiceAccount" => "v1",
+            "Namespace" | "ConfigMap" | "ServiceAccount" => "v1",
             "ClusterRole" | "ClusterRoleBinding" => "rbac.authorization.k8s.io/v1",
             "DaemonSet" => "apps/v1",
             other => panic!("{what}: unexpected kind {other}"),
@@ -63,6 +65,8 @@ fn manifests_are_valid_current_api_objects() {
         assert_eq!(api, want_api, "{what}");
         // Decoding into the API type checks every field's type and the required ones.
         match kind {
+            "Namespace" => drop(typed::<Namespace>(&what, &v)),
+            "ConfigMap" => drop(typed::<ConfigMap>(&what, &v)),
             "ServiceAccount" => drop(typed::<ServiceAccount>(&what, &v)),
             "ClusterRole" => drop(typed::<ClusterRole>(&what, &v)),
             "ClusterRoleBinding" => drop(typed::<ClusterRoleBinding>(&what, &v)),
@@ -71,6 +75,8 @@ fn manifests_are_valid_current_api_objects() {
         by_kind.entry(kind.to_owned()).or_default().push(v);
     }
     for kind in [
+        "Namespace",
+        "ConfigMap",
         "ServiceAccount",
         "ClusterRole",
         "ClusterRoleBinding",
@@ -79,6 +85,8 @@ fn manifests_are_valid_current_api_objects() {
         assert_eq!(by_kind.get(kind).map(Vec::len), Some(1), "one {kind}");
     }
 
+    let ns: Namespace = typed("namespace", &by_kind["Namespace"][0]);
+    let config: ConfigMap = typed("configmap", &by_kind["ConfigMap"][0]);
     let sa: ServiceAccount = typed("sa", &by_kind["ServiceAccount"][0]);
     let role: ClusterRole = typed("role", &by_kind["ClusterRole"][0]);
     let binding: ClusterRoleBinding = typed("binding", &by_kind["ClusterRoleBinding"][0]);
@@ -119,9 +127,28 @@ fn manifests_are_valid_current_api_objects() {
             "the selector matches the pods"
         );
     }
-    assert_eq!(ds.metadata.namespace, sa.metadata.namespace);
+    // Everything namespaced lives in the manifest's own namespace.
+    assert!(ns.metadata.name.is_some());
+    for namespaced in [
+        &ds.metadata.namespace,
+        &sa.metadata.namespace,
+        &config.metadata.namespace,
+    ] {
+        assert_eq!(namespaced, &ns.metadata.name);
+    }
     let pod = spec.template.spec.unwrap();
     assert_eq!(pod.host_network, Some(true));
+    assert_eq!(
+        pod.priority_class_name.as_deref(),
+        Some("system-node-critical")
+    );
+    assert_eq!(
+        pod.node_selector
+            .as_ref()
+            .and_then(|s| s.get("kubernetes.io/os"))
+            .map(String::as_str),
+        Some("linux")
+    );
     assert_eq!(pod.service_account_name, sa.metadata.name);
     let volumes: BTreeMap<String, String> = pod
         .volumes
@@ -131,13 +158,27 @@ fn manifests_are_valid_current_api_objects() {
         .collect();
     let init = pod.init_containers.unwrap();
     assert_eq!(init.len(), 1, "the init container installs the plugin");
+    assert_eq!(
+        init[0].command.as_deref(),
+        Some(&["/usr/local/bin/linen-install".to_string()][..]),
+        "the image's install step"
+    );
+    // The image scripts/build-image.sh builds: its name and this version.
+    let image = format!("ghcr.io/linen-cni/linen:{}", env!("CARGO_PKG_VERSION"));
     let mut mounted = BTreeSet::new();
     for c in init.iter().chain(&pod.containers) {
-        assert!(
-            c.image.as_deref().is_some_and(|i| !i.is_empty()),
-            "{}",
-            c.name
-        );
+        assert_eq!(c.image.as_deref(), Some(image.as_str()), "{}", c.name);
+        // Least privilege: not privileged, every capability dropped, none added back, and
+        // bounded memory.
+        let sc = c.security_context.as_ref().expect("a securityContext");
+        assert_ne!(sc.privileged, Some(true), "{}", c.name);
+        assert_eq!(sc.allow_privilege_escalation, Some(false), "{}", c.name);
+        let caps = sc.capabilities.as_ref().expect("capabilities");
+        assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
+        assert!(caps.add.as_ref().is_none_or(Vec::is_empty), "{}", c.name);
+        let res = c.resources.as_ref().expect("resources");
+        assert!(res.requests.as_ref().is_some_and(|r| r.contains_key("memory")));
+        assert!(res.limits.as_ref().is_some_and(|r| r.contains_key("memory")));
         for m in c.volume_mounts.clone().unwrap_or_default() {
             let host = volumes
                 .get(&m.name)
@@ -168,6 +209,36 @@ fn manifests_are_valid_current_api_objects() {
         .as_ref()
         .unwrap();
     assert_eq!(probe.path.as_deref(), Some("/healthz"));
+    assert!(
+        flaxd
+            .liveness_probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .is_some(),
+        "liveness over HTTP"
+    );
+
+    // The ConfigMap reaches flaxd as environment, and each key is a setting flaxd has:
+    // `flaxd --help` names every environment variable it reads.
+    let from = flaxd.env_from.clone().unwrap_or_default();
+    assert!(
+        from.iter()
+            .any(|e| e.config_map_ref.as_ref().map(|c| &c.name) == config.metadata.name.as_ref()),
+        "flaxd takes its settings from the ConfigMap"
+    );
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_flaxd"))
+        .arg("--help")
+        .output()
+        .expect("run flaxd --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    let data = config.data.expect("ConfigMap data");
+    assert!(data.contains_key("FLAXD_CLUSTER_CIDR"), "{data:?}");
+    for key in data.keys().chain(&env) {
+        assert!(
+            help.contains(&format!("[env: {key}=")),
+            "{key} is not a setting of flaxd (flaxd --help)"
+        );
+    }
 }
 
 /// Runs the offline validator (`kubernetes-validate`, schemas bundled, installed by
