@@ -16,7 +16,7 @@ esac
 var="CARGO_TARGET_$(echo "$triple" | tr 'a-z-' 'A-Z_')_RUSTFLAGS"
 export "$var=-C target-feature=+crt-static"
 
-for bin in linen flaxd linen-install; do
-  cargo build --quiet --profile dist --target "$triple" -p "$bin" --bin "$bin" >&2
+for pkg_bin in linen:linen flaxd:flaxd flaxd:linen-install; do
+  cargo build --quiet --profile dist --target "$triple" -p "${pkg_bin%%:*}" --bin "${pkg_bin#*:}" >&2
 done
 echo "$PWD/target/$triple/dist"

@@ -17,6 +17,12 @@ cargo clippy --workspace --all-targets --release -- -D warnings
 # compiled twice.
 export LINEN_BIN_DIR="$PWD/target/release"
 
+# What Linen ships, built as it ships (static, stripped; scripts/build-dist.sh) into the OCI
+# image archive (scripts/build-image.sh), which the image test imports into containerd.
+echo "== build the image"
+LINEN_IMAGE=$(./scripts/build-image.sh)
+export LINEN_IMAGE
+
 echo "== build and run the tests (release)"
 if command -v cargo-nextest >/dev/null 2>&1; then
   cargo nextest run --workspace --release --no-fail-fast

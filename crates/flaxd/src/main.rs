@@ -129,9 +129,7 @@ fn init_logging(filter: &str, format: LogFormat) -> Result<()> {
         .with_writer(std::io::stderr)
         .with_env_filter(filter);
     match format {
-        LogFormat::Text => builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => builder.json().with_ansi(false).init(),
     }
     Ok(())

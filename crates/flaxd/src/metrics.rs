@@ -2,7 +2,6 @@
 //! Prometheus text format, and a small HTTP server for `/metrics` and `/healthz`.
 
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -13,11 +12,19 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// Shared by every task of one daemon.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     pub members: AtomicU64,
     pub tunnels: AtomicU64,
@@ -25,8 +32,7 @@ pub struct Metrics {
     pub conflicts: AtomicU64,
     pub reconciles: AtomicU64,
     pub reconcile_errors: AtomicU64,
-    /// Sum of reconcile durations, in microseconds.
-    reconcile_micros: AtomicU64,
+    reconcile_duration: Histogram,
     last_reconcile_micros: AtomicU64,
     pub source_connected: AtomicBool,
     pub source_synced: AtomicBool,
@@ -39,6 +45,32 @@ pub struct Metrics {
     reconciled_once: AtomicBool,
 }
 
+/// Reconcile duration buckets: 1 ms to ~16 s (a pass at 5000 members took 7 s).
+fn reconcile_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.001, 2.0, 15)
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            members: AtomicU64::new(0),
+            tunnels: AtomicU64::new(0),
+            conflicts: AtomicU64::new(0),
+            reconciles: AtomicU64::new(0),
+            reconcile_errors: AtomicU64::new(0),
+            reconcile_duration: Histogram::new(reconcile_buckets()),
+            last_reconcile_micros: AtomicU64::new(0),
+            source_connected: AtomicBool::new(false),
+            source_synced: AtomicBool::new(false),
+            ovsdb_connected: AtomicBool::new(false),
+            conflist_writes: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            pod_cidr_conflict: Mutex::new(None),
+            reconciled_once: AtomicBool::new(false),
+        }
+    }
+}
+
 impl Metrics {
     pub fn new() -> Arc<Self> {
         Arc::new(Metrics::default())
@@ -48,7 +80,7 @@ impl Metrics {
     pub fn record_reconcile(&self, took: Duration, error: Option<String>) {
         let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         self.reconciles.fetch_add(1, Ordering::Relaxed);
-        self.reconcile_micros.fetch_add(micros, Ordering::Relaxed);
+        self.reconcile_duration.observe(took.as_secs_f64());
         self.last_reconcile_micros.store(micros, Ordering::Relaxed);
         if error.is_some() {
             self.reconcile_errors.fetch_add(1, Ordering::Relaxed);
@@ -94,92 +126,256 @@ impl Metrics {
         Ok(())
     }
 
-    /// The Prometheus text exposition format (version 0.0.4).
+    /// The OpenMetrics text exposition (what Prometheus scrapes), encoded by
+    /// `prometheus-client`: `_total` counters, a real histogram of reconcile durations,
+    /// `flaxd_build_info`, and the standard `process_*` metrics.
     pub fn render(&self) -> String {
-        let mut out = String::new();
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let b = |a: &AtomicBool| u64::from(a.load(Ordering::Relaxed));
-        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        };
-        let secs = |micros: u64| format!("{}", micros as f64 / 1e6);
-        metric(
-            "flaxd_members",
-            "gauge",
-            "Nodes in the last membership snapshot, this one included.",
-            n(&self.members).to_string(),
+        let values = Values(vec![
+            Value::gauge(
+                "members",
+                "Nodes in the last membership snapshot, this one included.",
+                n(&self.members),
+            ),
+            Value::gauge(
+                "tunnels",
+                "Tunnels flaxd wants on this node after the last reconcile.",
+                n(&self.tunnels),
+            ),
+            Value::gauge(
+                "tunnel_conflicts",
+                "Tunnels left out because a port Linen does not own holds their name.",
+                n(&self.conflicts),
+            ),
+            Value::counter("reconciles", "Reconcile passes.", n(&self.reconciles)),
+            Value::counter(
+                "reconcile_errors",
+                "Reconcile passes that failed.",
+                n(&self.reconcile_errors),
+            ),
+            Value::gauge_f(
+                "reconcile_last_duration_seconds",
+                "Duration of the last reconcile pass.",
+                n(&self.last_reconcile_micros) as f64 / 1e6,
+            ),
+            Value::gauge(
+                "source_connected",
+                "1 when the membership source is connected to its backend.",
+                b(&self.source_connected),
+            ),
+            Value::gauge(
+                "source_synced",
+                "1 once the membership source has read the whole membership.",
+                b(&self.source_synced),
+            ),
+            Value::gauge(
+                "ovsdb_connected",
+                "1 while the OVSDB monitor is connected.",
+                b(&self.ovsdb_connected),
+            ),
+            Value::gauge(
+                "pod_cidr_conflict",
+                "1 while this node's pod subnet overlaps another node's allocation (not joining).",
+                u64::from(self.pod_cidr_conflict().is_some()),
+            ),
+            Value::counter(
+                "conflist_writes",
+                "Times the CNI conflist was (re)written.",
+                n(&self.conflist_writes),
+            ),
+        ]);
+        let mut registry = Registry::default();
+        let flaxd = registry.sub_registry_with_prefix("flaxd");
+        flaxd.register_collector(Box::new(values));
+        flaxd.register(
+            "reconcile_duration_seconds",
+            "Duration of reconcile passes.",
+            self.reconcile_duration.clone(),
         );
-        metric(
-            "flaxd_tunnels",
-            "gauge",
-            "Tunnels flaxd wants on this node after the last reconcile.",
-            n(&self.tunnels).to_string(),
+        flaxd.register(
+            "build",
+            "flaxd's version.",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
-        metric(
-            "flaxd_tunnel_conflicts",
-            "gauge",
-            "Tunnels left out because a port Linen does not own holds their name.",
-            n(&self.conflicts).to_string(),
-        );
-        metric(
-            "flaxd_reconcile_total",
-            "counter",
-            "Reconcile passes.",
-            n(&self.reconciles).to_string(),
-        );
-        metric(
-            "flaxd_reconcile_errors_total",
-            "counter",
-            "Reconcile passes that failed.",
-            n(&self.reconcile_errors).to_string(),
-        );
-        metric(
-            "flaxd_reconcile_duration_seconds_sum",
-            "counter",
-            "Total time spent reconciling.",
-            secs(n(&self.reconcile_micros)),
-        );
-        metric(
-            "flaxd_reconcile_last_duration_seconds",
-            "gauge",
-            "Duration of the last reconcile pass.",
-            secs(n(&self.last_reconcile_micros)),
-        );
-        metric(
-            "flaxd_source_connected",
-            "gauge",
-            "1 when the membership source is connected to its backend.",
-            b(&self.source_connected).to_string(),
-        );
-        metric(
-            "flaxd_source_synced",
-            "gauge",
-            "1 once the membership source has read the whole membership.",
-            b(&self.source_synced).to_string(),
-        );
-        metric(
-            "flaxd_ovsdb_connected",
-            "gauge",
-            "1 while the OVSDB monitor is connected.",
-            b(&self.ovsdb_connected).to_string(),
-        );
-        metric(
-            "flaxd_pod_cidr_conflict",
-            "gauge",
-            "1 while this node's pod subnet overlaps another node's allocation (not joining).",
-            u64::from(self.pod_cidr_conflict().is_some()).to_string(),
-        );
-        metric(
-            "flaxd_conflist_writes_total",
-            "counter",
-            "Times the CNI conflist was (re)written.",
-            n(&self.conflist_writes).to_string(),
-        );
+        registry.register_collector(Box::new(ProcessCollector));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry)
+            .expect("encoding into a String cannot fail");
         out
     }
+}
+
+/// One scrape's values of flaxd's own gauges and counters.
+#[derive(Debug)]
+struct Values(Vec<Value>);
+
+#[derive(Debug)]
+struct Value {
+    name: &'static str,
+    help: &'static str,
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Gauge(u64),
+    GaugeF(f64),
+    Counter(u64),
+}
+
+impl Value {
+    fn gauge(name: &'static str, help: &'static str, v: u64) -> Self {
+        Value {
+            name,
+            help,
+            kind: Kind::Gauge(v),
+        }
+    }
+    fn gauge_f(name: &'static str, help: &'static str, v: f64) -> Self {
+        Value {
+            name,
+            help,
+            kind: Kind::GaugeF(v),
+        }
+    }
+    fn counter(name: &'static str, help: &'static str, v: u64) -> Self {
+        Value {
+            name,
+            help,
+            kind: Kind::Counter(v),
+        }
+    }
+}
+
+impl Collector for Values {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        for v in &self.0 {
+            match v.kind {
+                Kind::Gauge(x) => ConstGauge::new(x as i64).encode(encoder.encode_descriptor(
+                    v.name,
+                    v.help,
+                    None,
+                    MetricType::Gauge,
+                )?)?,
+                Kind::GaugeF(x) => ConstGauge::new(x).encode(encoder.encode_descriptor(
+                    v.name,
+                    v.help,
+                    None,
+                    MetricType::Gauge,
+                )?)?,
+                Kind::Counter(x) => ConstCounter::new(x).encode(encoder.encode_descriptor(
+                    v.name,
+                    v.help,
+                    None,
+                    MetricType::Counter,
+                )?)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The standard process metrics (the names every Prometheus client library exports), read
+/// from /proc/self at each scrape.
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let Some(p) = process_stats() else {
+            return Ok(());
+        };
+        ConstCounter::new(p.cpu_seconds).encode(encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds.",
+            None,
+            MetricType::Counter,
+        )?)?;
+        for (name, help, v) in [
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+                p.rss_bytes,
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes.",
+                p.vsize_bytes,
+            ),
+            (
+                "process_open_fds",
+                "Number of open file descriptors.",
+                p.open_fds,
+            ),
+            (
+                "process_max_fds",
+                "Maximum number of open file descriptors.",
+                p.max_fds,
+            ),
+            (
+                "process_start_time_seconds",
+                "Start time of the process since unix epoch in seconds.",
+                p.start_time_seconds,
+            ),
+        ] {
+            ConstGauge::new(v as i64).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
+        Ok(())
+    }
+}
+
+struct ProcessStats {
+    cpu_seconds: f64,
+    rss_bytes: u64,
+    vsize_bytes: u64,
+    open_fds: u64,
+    max_fds: u64,
+    start_time_seconds: u64,
+}
+
+/// /proc/self/stat (fields after the command name, see proc(5)), /proc/self/fd, the
+/// open-files soft limit from /proc/self/limits and the boot time from /proc/stat.
+fn process_stats() -> Option<ProcessStats> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // fields[0] is field 3 (state): field N is fields[N - 3].
+    let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+    // SAFETY: sysconf has no preconditions.
+    let ticks = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .ok()?
+        .max(1);
+    // SAFETY: as above.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
+    let boot = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<u64>().ok())?;
+    let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+    // The soft limit: "Max open files  SOFT  HARD  files".
+    let max_fds = std::fs::read_to_string("/proc/self/limits")
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Max open files")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })?;
+    Some(ProcessStats {
+        cpu_seconds: (field(14)? + field(15)?) as f64 / ticks as f64,
+        vsize_bytes: field(23)?,
+        rss_bytes: field(24)? * page,
+        open_fds,
+        max_fds,
+        start_time_seconds: boot + field(22)? / ticks,
+    })
 }
 
 /// Serves `GET /metrics` and `GET /healthz` on `listener` until `shutdown`.
@@ -244,7 +440,7 @@ fn respond(req: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> 
     match req.uri().path() {
         "/metrics" => reply(
             StatusCode::OK,
-            "text/plain; version=0.0.4",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
             metrics.render(),
         ),
         "/healthz" => match metrics.health() {
@@ -274,21 +470,56 @@ mod tests {
         for line in [
             "flaxd_members 3",
             "flaxd_tunnels 2",
-            "flaxd_reconcile_total 2",
+            "# TYPE flaxd_reconciles counter",
+            "flaxd_reconciles_total 2",
             "flaxd_reconcile_errors_total 1",
-            "flaxd_reconcile_duration_seconds_sum 2",
+            "# TYPE flaxd_reconcile_duration_seconds histogram",
+            "flaxd_reconcile_duration_seconds_sum 2.0",
+            "flaxd_reconcile_duration_seconds_count 2",
+            // 0.5 s is in the 0.512 s bucket, 1.5 s only from the 2.048 s bucket on.
+            "flaxd_reconcile_duration_seconds_bucket{le=\"0.512\"} 1",
+            "flaxd_reconcile_duration_seconds_bucket{le=\"2.048\"} 2",
+            "flaxd_reconcile_duration_seconds_bucket{le=\"+Inf\"} 2",
             "flaxd_reconcile_last_duration_seconds 0.5",
             "flaxd_source_connected 0",
-            "# TYPE flaxd_reconcile_total counter",
+            &format!(
+                "flaxd_build_info{{version=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            ),
+            "# TYPE process_cpu_seconds counter",
+            "# TYPE process_resident_memory_bytes gauge",
+            "# EOF",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }
-        // Every sample line is `name value` with a number.
+        // Every sample line is `name[{labels}] value` with a number; the process metrics
+        // hold real values.
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .unwrap_or_else(|| panic!("{name} in\n{text}"))
+                .parse()
+                .unwrap()
+        };
         for l in text.lines().filter(|l| !l.starts_with('#')) {
-            let (name, value) = l.split_once(' ').unwrap();
-            assert!(name.starts_with("flaxd_"), "{l}");
-            value.parse::<f64>().unwrap();
+            let (name, v) = l.rsplit_once(' ').unwrap();
+            assert!(
+                name.starts_with("flaxd_") || name.starts_with("process_"),
+                "{l}"
+            );
+            v.parse::<f64>().unwrap();
         }
+        assert!(value("process_resident_memory_bytes") > 1e6);
+        assert!(value("process_open_fds") >= 3.0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let started = value("process_start_time_seconds");
+        assert!(
+            started <= now && started > now - 3600.0,
+            "{started} vs {now}"
+        );
     }
 
     #[test]

@@ -177,8 +177,16 @@ fn manifests_are_valid_current_api_objects() {
         assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
         assert!(caps.add.as_ref().is_none_or(Vec::is_empty), "{}", c.name);
         let res = c.resources.as_ref().expect("resources");
-        assert!(res.requests.as_ref().is_some_and(|r| r.contains_key("memory")));
-        assert!(res.limits.as_ref().is_some_and(|r| r.contains_key("memory")));
+        assert!(
+            res.requests
+                .as_ref()
+                .is_some_and(|r| r.contains_key("memory"))
+        );
+        assert!(
+            res.limits
+                .as_ref()
+                .is_some_and(|r| r.contains_key("memory"))
+        );
         for m in c.volume_mounts.clone().unwrap_or_default() {
             let host = volumes
                 .get(&m.name)

@@ -117,14 +117,14 @@ async fn prepare(cfg: LinenConfig, nl: &Netlink) -> Result<Prepared> {
         ),
         None => None,
     };
-    if let (Some(want), Some(max), Some(underlay)) = (cfg.mtu, max_mtu, underlay_mtu) {
-        if want > max {
-            return Err(Error::MtuTooLarge {
-                mtu: want,
-                max,
-                underlay,
-            });
-        }
+    if let (Some(want), Some(max), Some(underlay)) = (cfg.mtu, max_mtu, underlay_mtu)
+        && want > max
+    {
+        return Err(Error::MtuTooLarge {
+            mtu: want,
+            max,
+            underlay,
+        });
     }
     let bridge = cfg.bridge_spec();
     Ok(Prepared {
@@ -351,21 +351,21 @@ async fn check(
     }
 
     let (_, pod_link) = pod_link(args, pod).await?;
-    if let Some(want) = plan.cfg.mtu {
-        if pod_link.mtu != want {
-            return Err(Error::Check(format!(
-                "pod interface {} has MTU {}, configured {want}",
-                args.ifname, pod_link.mtu
-            )));
-        }
+    if let Some(want) = plan.cfg.mtu
+        && pod_link.mtu != want
+    {
+        return Err(Error::Check(format!(
+            "pod interface {} has MTU {}, configured {want}",
+            args.ifname, pod_link.mtu
+        )));
     }
-    if let (Some(max), Some(underlay)) = (plan.max_mtu, plan.underlay_mtu) {
-        if pod_link.mtu > max {
-            return Err(Error::Check(format!(
-                "pod interface {} has MTU {} but the tunnel carries at most {max} (underlay MTU {underlay})",
-                args.ifname, pod_link.mtu
-            )));
-        }
+    if let (Some(max), Some(underlay)) = (plan.max_mtu, plan.underlay_mtu)
+        && pod_link.mtu > max
+    {
+        return Err(Error::Check(format!(
+            "pod interface {} has MTU {} but the tunnel carries at most {max} (underlay MTU {underlay})",
+            args.ifname, pod_link.mtu
+        )));
     }
     Ok(())
 }

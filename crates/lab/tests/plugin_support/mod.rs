@@ -249,10 +249,10 @@ impl Lab {
             let name = row[0].as_str().unwrap_or_default().to_owned();
             let protected = row[1].as_bool().unwrap_or(false);
             let ids = ovs_map(&row[2]);
-            if ids.get("linen-owner").map(String::as_str) == Some("linen") {
-                if let Some(remote) = ids.get("linen-remote-ip") {
-                    out.insert(remote.clone(), (name, protected));
-                }
+            if ids.get("linen-owner").map(String::as_str) == Some("linen")
+                && let Some(remote) = ids.get("linen-remote-ip")
+            {
+                out.insert(remote.clone(), (name, protected));
             }
         }
         out
