@@ -7,7 +7,10 @@
 //!
 //! containerd runs test-private: its root, state, sockets and runc's state live in a temp
 //! dir; containerd 1.6 also writes /run/containerd whatever its config says, so it runs in a
-//! private mount namespace with a tmpfs there, and every `ctr` call joins that namespace.
+//! mount namespace of its own with a tmpfs there, and every `ctr` call joins that namespace.
+//! The namespace is a slave of the host's: the lab's network namespaces, bound under
+//! /run/netns after containerd started, still show in it (with a private one, runc's
+//! `setns` finds an empty file: "can't get final child's PID from pipe").
 //! The guard kills the containers' shims and containerd, and removes the directory.
 
 mod common;
@@ -112,7 +115,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         .unwrap();
         let log = std::fs::File::create(d.join("containerd.log")).unwrap();
         let daemon = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .args(["--mount", "--propagation", "slave", "sh", "-c"])
             .arg(
                 "mkdir -p /run/containerd && mount -t tmpfs linen-test /run/containerd && \
                  exec containerd --config \"$0\"",
@@ -191,8 +194,39 @@ impl Drop for Containerd {
     }
 }
 
-/// The least-privilege options of deploy/linen.yaml: no capability, read-only root.
-const LEAST: [&str; 3] = ["--cap-drop", "ALL", "--read-only"];
+/// The least-privilege options of deploy/linen.yaml: no capability (ctr takes no `ALL`: each
+/// of containerd's default set, named), read-only root.
+const LEAST: [&str; 29] = [
+    "--read-only",
+    "--cap-drop",
+    "CAP_CHOWN",
+    "--cap-drop",
+    "CAP_DAC_OVERRIDE",
+    "--cap-drop",
+    "CAP_FSETID",
+    "--cap-drop",
+    "CAP_FOWNER",
+    "--cap-drop",
+    "CAP_MKNOD",
+    "--cap-drop",
+    "CAP_NET_RAW",
+    "--cap-drop",
+    "CAP_SETGID",
+    "--cap-drop",
+    "CAP_SETUID",
+    "--cap-drop",
+    "CAP_SETFCAP",
+    "--cap-drop",
+    "CAP_SETPCAP",
+    "--cap-drop",
+    "CAP_NET_BIND_SERVICE",
+    "--cap-drop",
+    "CAP_SYS_CHROOT",
+    "--cap-drop",
+    "CAP_KILL",
+    "--cap-drop",
+    "CAP_AUDIT_WRITE",
+];
 
 #[test]
 fn the_image_imports_installs_the_plugins_and_runs_flaxd_on_a_lab_node() {
@@ -301,6 +335,22 @@ fn the_image_imports_installs_the_plugins_and_runs_flaxd_on_a_lab_node() {
     args.extend([name.as_str(), "flaxd-test", "/usr/local/bin/flaxd"]);
     args.extend(flaxd_args.iter().map(String::as_str));
     ctrd.ctr_ok(&args);
+    // The task really runs with no capability at all.
+    let tasks = ctrd.ctr_ok(&["tasks", "list"]);
+    let pid: i32 = tasks
+        .lines()
+        .find(|l| l.starts_with("flaxd-test "))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or_else(|| panic!("no flaxd-test task: {tasks}"));
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    for set in ["CapEff:", "CapPrm:", "CapBnd:"] {
+        let caps = status
+            .lines()
+            .find_map(|l| l.strip_prefix(set))
+            .unwrap()
+            .trim();
+        assert_eq!(caps, "0000000000000000", "{set} of flaxd in the container");
+    }
     let log_text =
         || std::fs::read_to_string(ctrd.dir.path().join("flaxd.log")).unwrap_or_default();
 
