@@ -34,6 +34,9 @@ pub struct ConflistSpec {
     pub linux_bridge: String,
     pub ovs_bridge: String,
     pub ovsdb: String,
+    /// The bridge's controller targets: written as the plugin's `controller`, so an ADD plans
+    /// the same controller rows flaxd keeps (no fight over the row).
+    pub controllers: Vec<String>,
     pub datapath: Datapath,
     pub key: TunnelKey,
     /// The whole pod network: one layer-2 overlay, so every pod's prefix is this one.
@@ -88,6 +91,9 @@ pub fn render(spec: &ConflistSpec, pod_cidr: IpNet) -> Result<String, ConflistEr
     if let TunnelKey::Vni(vni) = spec.key {
         linen["vni"] = json!(vni);
     }
+    if !spec.controllers.is_empty() {
+        linen["controller"] = json!(spec.controllers);
+    }
     let mut ipam = json!({
         "type": "host-local",
         "subnet": spec.cluster_cidr.trunc().to_string(),
@@ -141,6 +147,7 @@ mod tests {
             linux_bridge: "kbr0".into(),
             ovs_bridge: "br0".into(),
             ovsdb: "unix:/var/run/openvswitch/db.sock".into(),
+            controllers: Vec::new(),
             datapath: Datapath::System,
             key: TunnelKey::Flow,
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),
@@ -203,6 +210,19 @@ mod tests {
         let ipam = &v["plugins"][0]["ipam"];
         assert_eq!(ipam["gateway"], "fd10:0:0:5::1");
         assert_eq!(ipam["routes"][0]["dst"], "::/0");
+    }
+
+    #[test]
+    fn the_plugin_reads_back_flaxds_controllers() {
+        let mut s = spec();
+        let v: Value =
+            serde_json::from_str(&render(&s, "10.244.1.0/24".parse().unwrap()).unwrap()).unwrap();
+        assert!(v["plugins"][1].get("controller").is_none());
+        s.controllers = vec!["ssl:10.0.0.1:6653".into(), "tcp:10.0.0.2:6653".into()];
+        let v: Value =
+            serde_json::from_str(&render(&s, "10.244.1.0/24".parse().unwrap()).unwrap()).unwrap();
+        let plugin = linen::config::LinenConfig::from_json(&v["plugins"][1]).unwrap();
+        assert_eq!(plugin.bridge_spec().controllers, s.controllers);
     }
 
     #[test]

@@ -44,6 +44,10 @@ pub struct DaemonConfig {
     pub ovsdb: String,
     pub bridge: String,
     pub datapath: Datapath,
+    /// OpenFlow controller targets for the bridge (validated by
+    /// `linen::config::parse_controller`); empty: none. flaxd owns Linen's controller rows, and
+    /// the conflist it writes carries the same targets so the plugin agrees.
+    pub controllers: Vec<String>,
     pub policy: TunnelPolicy,
     /// Where to write the conflist (with the Linux bridge name and underlay MTU it needs).
     pub conflist: Option<ConflistOptions>,
@@ -73,6 +77,7 @@ impl DaemonConfig {
             ovsdb: ovsdb.into(),
             bridge: linen::config::DEFAULT_BRIDGE.to_owned(),
             datapath: Datapath::System,
+            controllers: Vec::new(),
             policy: TunnelPolicy {
                 hub: false,
                 key: linen::config::TunnelKey::Flow,
@@ -93,7 +98,7 @@ impl DaemonConfig {
             bridge: BridgeSpec {
                 name: self.bridge.clone(),
                 datapath: self.datapath,
-                controller: None,
+                controllers: self.controllers.clone(),
             },
             conflist: self.conflist.as_ref().map(|c| {
                 (
@@ -103,6 +108,7 @@ impl DaemonConfig {
                         linux_bridge: c.linux_bridge.clone(),
                         ovs_bridge: self.bridge.clone(),
                         ovsdb: self.ovsdb.clone(),
+                        controllers: self.controllers.clone(),
                         datapath: self.datapath,
                         key: self.policy.key,
                         cluster_cidr: self.cluster_cidr,

@@ -68,6 +68,11 @@ struct Args {
     /// The prefix length of each node's pod subnet, when etcd allocates them.
     #[arg(long, env = "FLAXD_SUBNET_LEN", default_value_t = 24)]
     subnet_len: u8,
+    /// OpenFlow controller for the bridge (`tcp:IP:PORT`, `ssl:IP:PORT`, `unix:PATH`, or the
+    /// seed's `IP:PORT`); repeat or comma-separate for several. The bridge keeps switching
+    /// (fail_mode=standalone) while no controller is connected.
+    #[arg(long, env = "FLAXD_CONTROLLER", value_delimiter = ',')]
+    controller: Vec<String>,
     /// A fixed pod subnet for this node (default: allocated by etcd, or the Node's podCIDR,
     /// or this node's entry in the peer file).
     #[arg(long, env = "FLAXD_POD_CIDR")]
@@ -172,6 +177,15 @@ async fn main() -> Result<()> {
         DatapathArg::Netdev => Datapath::Netdev,
     };
     cfg.policy = TunnelPolicy { hub: args.hub, key };
+    cfg.controllers = args
+        .controller
+        .iter()
+        .map(|t| {
+            flaxd::linen::config::parse_controller(t).with_context(|| format!("--controller {t:?}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    cfg.controllers.sort();
+    cfg.controllers.dedup();
     cfg.cluster_cidr = args.cluster_cidr;
     cfg.pod_cidr = args.pod_cidr;
     cfg.metrics_addr = Some(args.metrics_addr);

@@ -38,6 +38,9 @@ pub struct Metrics {
     pub source_synced: AtomicBool,
     pub ovsdb_connected: AtomicBool,
     pub conflist_writes: AtomicU64,
+    /// Linen's controller rows on the bridge, and how many ovs-vswitchd reports connected.
+    pub controllers: AtomicU64,
+    pub controllers_connected: AtomicU64,
     /// Why the last reconcile failed; `None` after a success or before the first one.
     last_error: Mutex<Option<String>>,
     /// Why this node's pod subnet is refused (another node holds it); `None` when it is not.
@@ -64,6 +67,8 @@ impl Default for Metrics {
             source_synced: AtomicBool::new(false),
             ovsdb_connected: AtomicBool::new(false),
             conflist_writes: AtomicU64::new(0),
+            controllers: AtomicU64::new(0),
+            controllers_connected: AtomicU64::new(0),
             last_error: Mutex::new(None),
             pod_cidr_conflict: Mutex::new(None),
             reconciled_once: AtomicBool::new(false),
@@ -183,6 +188,16 @@ impl Metrics {
                 "conflist_writes",
                 "Times the CNI conflist was (re)written.",
                 n(&self.conflist_writes),
+            ),
+            Value::gauge(
+                "controllers",
+                "OpenFlow controllers Linen configured on the bridge.",
+                n(&self.controllers),
+            ),
+            Value::gauge(
+                "controllers_connected",
+                "Of those, the ones ovs-vswitchd reports connected.",
+                n(&self.controllers_connected),
             ),
         ]);
         let mut registry = Registry::default();

@@ -110,8 +110,9 @@ pub struct LinenConfig {
     /// Remote VTEPs, deduplicated and sorted; may include this node's own address (skipped
     /// at apply time), so one list can serve every node of a mesh.
     pub vtep_ips: Vec<IpAddr>,
-    /// An OVS controller target (`tcp:IP:PORT`, `ssl:IP:PORT`, `unix:PATH`).
-    pub controller: Option<String>,
+    /// OVS controller targets (`tcp:IP:PORT`, `ssl:IP:PORT`, `unix:PATH`), sorted and
+    /// deduplicated; `controller` is one target or a list of them, as OVS allows several.
+    pub controller: Vec<String>,
     pub ovsdb: String,
     pub datapath: Datapath,
     pub key: TunnelKey,
@@ -158,12 +159,24 @@ impl LinenConfig {
             Some(v) => parse_vteps(v)?,
         };
         let controller = match pick("controller")? {
-            None => None,
+            None => Vec::new(),
             Some(v) => {
-                let s = v
-                    .as_str()
-                    .ok_or_else(|| wrong("controller", "a string", v))?;
-                Some(parse_controller(s)?)
+                let targets: Vec<&Value> = match v {
+                    Value::Array(a) => a.iter().collect(),
+                    one => vec![one],
+                };
+                let mut parsed = targets
+                    .into_iter()
+                    .map(|t| {
+                        let s = t.as_str().ok_or_else(|| {
+                            wrong("controller", "a string or a list of strings", v)
+                        })?;
+                        parse_controller(s)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                parsed.sort();
+                parsed.dedup();
+                parsed
             }
         };
         let ovsdb = match conf.get("ovsdbSocket").filter(|v| !v.is_null()) {
@@ -219,7 +232,7 @@ impl LinenConfig {
         BridgeSpec {
             name: self.bridge.clone(),
             datapath: self.datapath,
-            controller: self.controller.clone(),
+            controllers: self.controller.clone(),
         }
     }
 
@@ -374,7 +387,7 @@ mod tests {
         assert!(!c.is_master);
         assert_eq!(c.bridge, "br0");
         assert!(c.vtep_ips.is_empty());
-        assert_eq!(c.controller, None);
+        assert!(c.controller.is_empty());
         assert_eq!(c.ovsdb, DEFAULT_OVSDB);
         assert_eq!(c.datapath, Datapath::System);
         assert_eq!(c.key, TunnelKey::Flow);
@@ -397,7 +410,14 @@ mod tests {
                 "10.245.2.3".parse().unwrap()
             ]
         );
-        assert_eq!(top.controller.as_deref(), Some("tcp:192.168.100.20:6653"));
+        assert_eq!(top.controller, ["tcp:192.168.100.20:6653"]);
+        // Several targets, as OVS allows: sorted, deduplicated, each checked.
+        let several =
+            ok(json!({"controller": ["tcp:10.0.0.2:6653", "10.0.0.1:6653", "tcp:10.0.0.2:6653"]}));
+        assert_eq!(
+            several.controller,
+            ["tcp:10.0.0.1:6653", "tcp:10.0.0.2:6653"]
+        );
         assert_eq!(top.datapath, Datapath::Netdev);
         assert_eq!(top.key, TunnelKey::Vni(42));
         assert_eq!(top.mtu, Some(1400));
@@ -459,6 +479,14 @@ mod tests {
             (json!({"vtepIPs": ["300.1.1.1"]}), "vtepIPs[0]"),
             (json!({"controller": "nowhere"}), "controller"),
             (json!({"controller": 6653}), "controller"),
+            (
+                json!({"controller": ["tcp:10.0.0.1:6653", 7]}),
+                "controller",
+            ),
+            (
+                json!({"controller": ["tcp:10.0.0.1:6653", "nowhere"]}),
+                "controller",
+            ),
             (json!({"ovsdbSocket": "db.sock"}), "ovsdbSocket"),
             (json!({"ovsdbSocket": "tcp:host:1"}), "ovsdbSocket"),
             (json!({"datapathType": "dpdk"}), "datapathType"),

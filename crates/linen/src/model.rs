@@ -63,8 +63,8 @@ impl Source {
 pub struct BridgeSpec {
     pub name: String,
     pub datapath: Datapath,
-    /// An OVS controller target; `None` removes Linen's controller rows.
-    pub controller: Option<String>,
+    /// OVS controller targets, sorted and deduplicated; empty removes Linen's controller rows.
+    pub controllers: Vec<String>,
 }
 
 impl BridgeSpec {
@@ -215,7 +215,7 @@ pub enum Op {
     SetControllers {
         bridge: String,
         keep: Vec<String>,
-        add: Option<String>,
+        add: Vec<String>,
     },
     AddTunnel {
         bridge: String,
@@ -321,15 +321,16 @@ pub fn plan(
         .controllers
         .iter()
         .partition(|c| is_owned(&c.external_ids));
-    let controllers_ok = match &spec.controller {
-        Some(target) => owned_ctl.len() == 1 && &owned_ctl[0].target == target,
-        None => owned_ctl.is_empty(),
-    };
-    if !controllers_ok {
+    let mut have: Vec<&str> = owned_ctl.iter().map(|c| c.target.as_str()).collect();
+    have.sort_unstable();
+    let mut want: Vec<&str> = spec.controllers.iter().map(String::as_str).collect();
+    want.sort_unstable();
+    want.dedup();
+    if have != want {
         ops.push(Op::SetControllers {
             bridge: bridge.clone(),
             keep: foreign_ctl.iter().map(|c| c.uuid.clone()).collect(),
-            add: spec.controller.clone(),
+            add: want.into_iter().map(str::to_owned).collect(),
         });
     }
 

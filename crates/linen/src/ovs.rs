@@ -307,10 +307,12 @@ fn translate(
             for (j, t) in tunnels.iter().enumerate() {
                 ports.push(tunnel_port(t, &format!("{i}_{j}"), out));
             }
-            let mut controllers = Vec::new();
-            if let Some(target) = &spec.controller {
-                controllers.push(controller(target, i, out));
-            }
+            let controllers: Vec<String> = spec
+                .controllers
+                .iter()
+                .enumerate()
+                .map(|(j, target)| controller(target, i, j, out))
+                .collect();
             let name = format!("br{i}");
             let row = Bridge {
                 name: spec.name.clone(),
@@ -366,8 +368,8 @@ fn translate(
                 .filter_map(|u| u.parse::<Uuid>().ok())
                 .map(Atom::from)
                 .collect();
-            if let Some(target) = add {
-                set.push(Atom::named_uuid(controller(target, i, out)));
+            for (j, target) in add.iter().enumerate() {
+                set.push(Atom::named_uuid(controller(target, i, j, out)));
             }
             out.push(Operation::update(
                 Bridge::NAME,
@@ -476,8 +478,8 @@ fn port_with(
     port_name
 }
 
-fn controller(target: &str, i: usize, out: &mut Vec<Operation>) -> String {
-    let name = format!("ctl{i}");
+fn controller(target: &str, i: usize, j: usize, out: &mut Vec<Operation>) -> String {
+    let name = format!("ctl{i}_{j}");
     let row = Controller {
         target: target.to_owned(),
         external_ids: BridgeSpec::controller_external_ids(),

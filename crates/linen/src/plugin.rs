@@ -376,8 +376,10 @@ fn describe(op: &model::Op) -> String {
         Op::CreateBridge { spec, .. } => format!("bridge {} is missing", spec.name),
         Op::SetFailMode { .. } => format!("fail_mode is not {}", model::FAIL_MODE),
         Op::AddInternalPort { bridge } => format!("internal port {bridge} is missing"),
-        Op::SetControllers { add: Some(t), .. } => format!("controller is not {t}"),
-        Op::SetControllers { add: None, .. } => "a controller is set but none is configured".into(),
+        Op::SetControllers { add, .. } if add.is_empty() => {
+            "a controller is set but none is configured".into()
+        }
+        Op::SetControllers { add, .. } => format!("controllers are not {}", add.join(", ")),
         Op::AddTunnel { tunnel, .. } => format!("tunnel to {} is missing", tunnel.remote),
         Op::UpdateTunnel { tunnel, .. } => format!(
             "tunnel to {} has other options or protection",

@@ -22,7 +22,7 @@ fn cfg() -> ReconcilerConfig {
         bridge: BridgeSpec {
             name: "br0".into(),
             datapath: Datapath::Netdev,
-            controller: None,
+            controllers: Vec::new(),
         },
         conflist: None,
         pod_cidr: None,
@@ -127,6 +127,7 @@ async fn writes_the_conflist_once_the_pod_subnet_is_known() {
             linux_bridge: "kbr0".into(),
             ovs_bridge: "br0".into(),
             ovsdb: "unix:/x".into(),
+            controllers: Vec::new(),
             datapath: Datapath::Netdev,
             key: TunnelKey::Flow,
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),

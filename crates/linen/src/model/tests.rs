@@ -4,7 +4,7 @@ fn spec(controller: Option<&str>) -> BridgeSpec {
     BridgeSpec {
         name: "br0".into(),
         datapath: Datapath::Netdev,
-        controller: controller.map(str::to_owned),
+        controllers: controller.into_iter().map(str::to_owned).collect(),
     }
 }
 
@@ -269,7 +269,7 @@ fn controller_rows_follow_the_config_and_foreign_ones_stay() {
     let set = |keep: &[&str], add: Option<&str>| Op::SetControllers {
         bridge: "br0".into(),
         keep: keep.iter().map(|s| s.to_string()).collect(),
-        add: add.map(str::to_owned),
+        add: add.into_iter().map(str::to_owned).collect(),
     };
     let cases: Vec<(Vec<ObservedController>, Option<&str>, Vec<Op>)> = vec![
         (vec![], None, vec![]),
@@ -306,6 +306,33 @@ fn controller_rows_follow_the_config_and_foreign_ones_stay() {
             "{controllers:?} {want:?}"
         );
     }
+}
+
+#[test]
+fn several_controllers_are_one_set_in_any_order() {
+    let row = |uuid: &str, target: &str| ObservedController {
+        uuid: uuid.into(),
+        target: target.into(),
+        external_ids: BridgeSpec::controller_external_ids(),
+    };
+    let (a, b) = ("tcp:10.0.0.1:6653", "ssl:10.0.0.2:6653");
+    let two = BridgeSpec {
+        controllers: vec![b.into(), a.into()],
+        ..spec(None)
+    };
+    let mut obs = observed(vec![]);
+    obs.controllers = vec![row("u1", a), row("u2", b)];
+    assert_eq!(plan(&two, &[], Some(&obs), &none(), None).unwrap(), vec![]);
+    // One missing: the set is rewritten with both, sorted.
+    obs.controllers = vec![row("u1", a)];
+    assert_eq!(
+        plan(&two, &[], Some(&obs), &none(), None).unwrap(),
+        vec![Op::SetControllers {
+            bridge: "br0".into(),
+            keep: vec![],
+            add: vec![b.into(), a.into()],
+        }]
+    );
 }
 
 #[test]
