@@ -247,7 +247,7 @@ fn convergence(o: &mut String, r: &Report) {
                     &m.node_join_ms,
                 ),
                 (
-                    "a node's flaxd stopped (lease revoked), until its peers dropped it",
+                    "a node leaving (flaxd stopped, `flaxd --leave`), until its peers dropped it",
                     &m.node_leave_ms,
                 ),
             ] {
