@@ -1,7 +1,7 @@
 //! A restart of flaxd is not a departure (real etcd, real Open vSwitch per simulated node):
 //! across a clean stop or a crash followed by a new flaxd within the lease TTL, the node's
 //! record is never deleted or rewritten (peers see no event at all), the new flaxd adopts
-//! the lease. A node whose record is deleted or overwritten
+//! the lease, and it writes nothing to OVSDB. A node whose record is deleted or overwritten
 //! while its flaxd runs gets it back. VTEPs are TEST-NET-1 addresses no packet goes to.
 
 mod common;
@@ -9,7 +9,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{Etcd, LONG, Node, eventually, init_logs};
+use common::{Etcd, LONG, Node, WriteCounter, eventually, init_logs};
 use flaxd::Daemon;
 use flaxd::etcd::{etcd_client, node_key};
 use flaxd::linen::model::ObservedPort;
@@ -40,7 +40,7 @@ async fn converged(d: &Daemon) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_or_crashed_flaxd_keeps_its_node_a_member() {
+async fn a_restarted_or_crashed_flaxd_keeps_its_node_a_member_and_writes_nothing() {
     init_logs();
     let etcd = Etcd::start().await;
     let eps = etcd.endpoints();
@@ -68,18 +68,28 @@ async fn a_restarted_or_crashed_flaxd_keeps_its_node_a_member() {
     let mut da = Some(da);
     for crash in [false, true] {
         let old = da.take().unwrap();
+        let mut writes = WriteCounter::start(&a.ovs.addr()).await;
         let down = Instant::now();
         if crash {
             old.kill();
         } else {
             old.shutdown().await.expect("clean shutdown");
         }
+        // The old flaxd removed nothing on its way out.
+        assert_eq!(std::fs::read(&a.conflist).unwrap(), conflist);
+        assert_eq!(uuids(&a.ovs.tunnels().await), a_tunnels);
         let new = a.start_etcd(&eps, TTL).await;
         converged(&new).await;
         eprintln!(
             "{}: new flaxd converged {:.2}s after the old one went",
             if crash { "SIGKILL" } else { "SIGTERM" },
             down.elapsed().as_secs_f64()
+        );
+        let changes = writes.changes().await;
+        assert_eq!(
+            changes,
+            Vec::<String>::new(),
+            "OVSDB writes (crash: {crash})"
         );
         assert_eq!(new.metrics().conflist_writes.load(Ordering::Relaxed), 0);
         assert_eq!(std::fs::read(&a.conflist).unwrap(), conflist);
