@@ -131,6 +131,14 @@ fn manifests_are_valid_current_api_objects() {
         .collect();
     let init = pod.init_containers.unwrap();
     assert_eq!(init.len(), 1, "the init container installs the plugin");
+    // Atomically: a temporary file in the plugin directory, renamed over the binary.
+    let script = init[0].args.clone().unwrap_or_default().join(" ");
+    assert!(
+        script.contains("/opt/cni/bin/.linen.new")
+            && script.contains("mv -f /opt/cni/bin/.linen.new /opt/cni/bin/linen")
+            && !script.contains("cp /usr/local/bin/linen /opt/cni/bin/linen"),
+        "{script}"
+    );
     let mut mounted = BTreeSet::new();
     for c in init.iter().chain(&pod.containers) {
         assert!(
