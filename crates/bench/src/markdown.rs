@@ -90,6 +90,7 @@ pub fn render(r: &Report, notes: Option<&str>) -> String {
     convergence(&mut o, r);
     dataplane(&mut o, r);
     footprint(&mut o, r);
+    crate::disrupt::markdown(&mut o, r);
     if let Some(n) = notes {
         let _ = writeln!(o, "## Analysis\n\n{}", n.trim());
     }
