@@ -8,8 +8,9 @@
 //! OVSDB: a member counts as reached when its tunnel interface (tagged `linen-source=flaxd`)
 //! exists with an OpenFlow port number, i.e. ovs-vswitchd has it in the data path.
 //! - initial: every flaxd started, until the full mesh exists;
-//! - a real node leaving (SIGTERM: flaxd revokes its lease) and joining again (process
-//!   start, registration, every node's tunnel to it and its tunnels to every node);
+//! - a real node leaving (its flaxd stopped, then `flaxd --leave` revokes its lease) and
+//!   joining again (process start, registration, every node's tunnel to it and its tunnels
+//!   to every node);
 //! - scale: M synthetic members (VTEPs in 198.18.0.0/15, no route) written in one etcd
 //!   transaction, until every node has M+2 tunnels; then one member more joining and
 //!   leaving at that size; then the M removed;
@@ -70,7 +71,8 @@ pub struct Measured {
     pub initial_ms: f64,
     /// A real node's flaxd restarted until it and every peer have their tunnels.
     pub node_join_ms: Summary,
-    /// A real node's flaxd stopped (SIGTERM) until every peer dropped its tunnel.
+    /// A real node's flaxd stopped (SIGTERM) and `flaxd --leave` run, until every peer
+    /// dropped its tunnel.
     pub node_leave_ms: Summary,
     pub scale: Vec<ScalePoint>,
     pub flaxd_rss_idle_kib: u64,
@@ -172,7 +174,40 @@ impl Flaxd {
         self.child.as_ref().map(std::process::Child::id)
     }
 
-    /// SIGTERM, then wait (bounded) for it to exit: flaxd revokes its lease on the way out.
+    /// `flaxd --leave` for `node`: its lease revoked and its record deleted.
+    fn leave(bed: &Bed, bin: &Path, node: usize, etcd_url: &str) -> Result<()> {
+        let n = bed.node(node);
+        let mut cmd = std::process::Command::new(bin);
+        cmd.args([
+            "--leave",
+            "--node-name",
+            &n.node.name,
+            "--source",
+            "etcd",
+            "--etcd-endpoints",
+            etcd_url,
+            "--etcd-prefix",
+            ETCD_PREFIX,
+        ])
+        .env("FLAXD_LOG", "warn")
+        .stdin(std::process::Stdio::null());
+        crate::proc::enter_netns(&mut cmd, n.netns())?;
+        let out = cmd
+            .output()
+            .with_context(|| format!("run {} --leave", bin.display()))?;
+        if !out.status.success() {
+            bail!(
+                "flaxd --leave for {} failed ({}): {}",
+                n.node.name,
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then wait (bounded) for it to exit (a restart is not a departure: the
+    /// node stays a member until [`Flaxd::leave`] or its lease TTL).
     fn stop(&mut self) -> Result<()> {
         let Some(mut child) = self.child.take() else {
             return Ok(());
@@ -244,6 +279,7 @@ async fn measure(
     for _ in 0..rounds {
         let t = Instant::now();
         daemons[last].stop()?;
+        Flaxd::leave(bed, flaxd, last, &url)?;
         ovs.wait(CONVERGE_TIMEOUT, |i, tun| i == last || !tun.has(gone))
             .await
             .context("peers dropping a stopped node")?;

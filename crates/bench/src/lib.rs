@@ -5,8 +5,8 @@
 //!
 //! Sections: [`cni_lat`] (ADD/DEL latency, warm and cold, four variants), [`vteps`] (cold
 //! ADD vs VTEP count), [`churn`] (pods/s and leaks), [`converge`] (flaxd + etcd, when
-//! flaxd is built), [`dataplane`] (iperf3 and ping, overlay vs underlay), and the
-//! footprint. [`run`] drives them on one [`bed::Bed`]; [`write`] produces
+//! flaxd is built), [`dataplane`] (iperf3 and ping, overlay vs underlay), the footprint,
+//! and [`disrupt`] (packets lost while a node's flaxd or ovs-vswitchd restarts). [`run`] drives them on one [`bed::Bed`]; [`write`] produces
 //! `results.json`, `BENCHMARKS.md` and the SVGs.
 
 pub mod baseline;
@@ -15,6 +15,7 @@ pub mod churn;
 pub mod cni_lat;
 pub mod converge;
 pub mod dataplane;
+pub mod disrupt;
 pub mod machine;
 pub mod markdown;
 pub mod plan;
@@ -104,6 +105,12 @@ pub fn run(plan: &Plan) -> Result<Report> {
         println!("convergence: not measured: {reason}");
     }
     let footprint = Outcome::Done(footprint(&bins, &cni, &cold_vteps, &convergence));
+    let disruption = section(plan, Section::Disruption, || {
+        disrupt::run(&bed, plan.dis_rounds, plan.dis_window)
+    });
+    if let Outcome::Done(disrupt::Disruption::NotMeasured { reason }) = &disruption {
+        println!("disruption: not measured: {reason}");
+    }
     drop(bed);
 
     let mut report = Report {
@@ -120,6 +127,7 @@ pub fn run(plan: &Plan) -> Result<Report> {
         convergence,
         dataplane,
         footprint,
+        disruption,
         targets: Vec::new(),
     };
     report.compute_targets();

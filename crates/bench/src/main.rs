@@ -20,7 +20,7 @@ struct Args {
     /// Where to write BENCHMARKS.md and bench/ (results.json, SVGs).
     #[arg(long, default_value = "bench-out")]
     out: PathBuf,
-    /// Run only these sections (cni, vteps, churn, dataplane, convergence).
+    /// Run only these sections (cni, vteps, churn, dataplane, convergence, disruption).
     #[arg(long, value_delimiter = ',', value_parser = parse_section)]
     only: Vec<Section>,
     /// Measure nothing: render the report and figures again from this results.json (e.g.

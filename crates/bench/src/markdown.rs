@@ -90,6 +90,7 @@ pub fn render(r: &Report, notes: Option<&str>) -> String {
     convergence(&mut o, r);
     dataplane(&mut o, r);
     footprint(&mut o, r);
+    crate::disrupt::markdown(&mut o, r);
     if let Some(n) = notes {
         let _ = writeln!(o, "## Analysis\n\n{}", n.trim());
     }
@@ -247,7 +248,7 @@ fn convergence(o: &mut String, r: &Report) {
                     &m.node_join_ms,
                 ),
                 (
-                    "a node's flaxd stopped (lease revoked), until its peers dropped it",
+                    "a node leaving (flaxd stopped, `flaxd --leave`), until its peers dropped it",
                     &m.node_leave_ms,
                 ),
             ] {

@@ -9,15 +9,17 @@ pub enum Section {
     Churn,
     Dataplane,
     Convergence,
+    Disruption,
 }
 
 impl Section {
-    pub const ALL: [Section; 5] = [
+    pub const ALL: [Section; 6] = [
         Section::Cni,
         Section::Vteps,
         Section::Churn,
         Section::Dataplane,
         Section::Convergence,
+        Section::Disruption,
     ];
 
     pub fn name(self) -> &'static str {
@@ -27,6 +29,7 @@ impl Section {
             Section::Churn => "churn",
             Section::Dataplane => "dataplane",
             Section::Convergence => "convergence",
+            Section::Disruption => "disruption",
         }
     }
 
@@ -55,6 +58,9 @@ pub struct Plan {
     /// Synthetic member counts.
     pub conv_sizes: Vec<usize>,
     pub conv_rounds_per_size: usize,
+    /// Rounds of each disruption event, and each ping stream's length.
+    pub dis_rounds: usize,
+    pub dis_window: std::time::Duration,
 }
 
 impl Plan {
@@ -74,6 +80,8 @@ impl Plan {
             conv_rounds: 5,
             conv_sizes: vec![10, 100, 1000],
             conv_rounds_per_size: 5,
+            dis_rounds: 3,
+            dis_window: std::time::Duration::from_secs(12),
         }
     }
 
@@ -90,6 +98,8 @@ impl Plan {
             conv_rounds: 2,
             conv_sizes: vec![10, 100],
             conv_rounds_per_size: 2,
+            dis_rounds: 1,
+            dis_window: std::time::Duration::from_secs(8),
             ..Plan::full()
         }
     }

@@ -7,6 +7,7 @@ use crate::churn::Churn;
 use crate::cni_lat::CniLatency;
 use crate::converge::Convergence;
 use crate::dataplane::DataPlane;
+use crate::disrupt::Disruption;
 use crate::machine::Machine;
 use crate::stats::Summary;
 use crate::vteps::ColdVteps;
@@ -18,6 +19,13 @@ pub enum Outcome<T> {
     Done(T),
     Failed(String),
     Skipped,
+}
+
+/// A results.json from before a section existed reads as having skipped it.
+impl<T> Default for Outcome<T> {
+    fn default() -> Self {
+        Outcome::Skipped
+    }
 }
 
 impl<T> Outcome<T> {
@@ -79,6 +87,8 @@ pub struct Report {
     pub convergence: Outcome<Convergence>,
     pub dataplane: Outcome<DataPlane>,
     pub footprint: Outcome<Footprint>,
+    #[serde(default)]
+    pub disruption: Outcome<Disruption>,
     pub targets: Vec<Target>,
 }
 
@@ -92,6 +102,7 @@ impl Report {
             ("convergence", failed(&self.convergence)),
             ("dataplane", failed(&self.dataplane)),
             ("footprint", failed(&self.footprint)),
+            ("disruption", failed(&self.disruption)),
         ]
         .into_iter()
         .filter_map(|(name, e)| Some((name, e?)))

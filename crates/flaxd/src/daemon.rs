@@ -1,6 +1,7 @@
 //! Wiring: one membership source, the OVSDB watcher, the reconciler and the metrics server,
-//! as tasks of one [`Daemon`] that shuts down cleanly (lease revoked) or can be killed as a
-//! crash would.
+//! as tasks of one [`Daemon`] that shuts down cleanly or can be killed as a crash would.
+//! Neither removes anything: the node stays a member (until its lease TTL, for the next
+//! flaxd to adopt), its OVS rows and its conflist stay, and pods keep their traffic.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -210,7 +211,7 @@ impl Daemon {
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
             // The first task to finish decides: an error (or panic) stops the daemon, a clean
-            // end only happens on shutdown. Then wait for the rest (the lease revoke).
+            // end only happens on shutdown. Then wait for the rest (the last lease renewal).
             let mut result = Ok(());
             while let Some(r) = tasks.join_next().await {
                 let r = r.map_err(DaemonError::Panicked).and_then(|r| r);
@@ -249,7 +250,8 @@ impl Daemon {
         self.shutdown.clone()
     }
 
-    /// Stops every task cleanly (the etcd lease is revoked) and returns the daemon's result.
+    /// Stops every task cleanly and returns the daemon's result. The node stays a member:
+    /// the etcd lease is renewed once and left for the next flaxd to adopt.
     pub async fn shutdown(self) -> Result<(), DaemonError> {
         self.shutdown.cancel();
         self.wait().await
@@ -264,8 +266,7 @@ impl Daemon {
         }
     }
 
-    /// Stops every task at once without any cleanup, as a crash would: the etcd lease is
-    /// left to expire.
+    /// Stops every task at once, as a crash would: the etcd lease is not renewed again.
     pub fn kill(self) {
         self.task.abort();
     }

@@ -122,6 +122,12 @@ struct Args {
     /// Log format on stderr.
     #[arg(long, env = "FLAXD_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Do not run: make this node leave the cluster for good (etcd source: revoke its
+    /// lease and delete its record, so every peer drops it at once), then exit. Stop the
+    /// node's flaxd first: a running flaxd re-registers its node. A stopped or restarted
+    /// flaxd keeps its node a member.
+    #[arg(long)]
+    leave: bool,
 }
 
 /// Logs go to stderr: text (ANSI colours only on a terminal, never in a log file or a
@@ -147,6 +153,9 @@ fn init_logging(filter: &str, format: LogFormat) -> Result<()> {
 async fn main() -> Result<()> {
     let args = Args::parse();
     init_logging(&args.log, args.log_format)?;
+    if args.leave {
+        return leave(&args).await;
+    }
     let (vtep, iface) = match (args.vtep, &args.vtep_iface) {
         (Some(ip), _) => (ip, flaxd::host::interface_of(ip).ok()),
         (None, Some(i)) => (flaxd::host::interface_address(i)?, Some(i.clone())),
@@ -246,4 +255,34 @@ async fn main() -> Result<()> {
     daemon.wait().await?;
     tracing::info!("flaxd stopped");
     Ok(())
+}
+
+/// `--leave`: the explicit departure of this node.
+async fn leave(args: &Args) -> Result<()> {
+    match args.source {
+        Source::Etcd => {
+            let mut client = flaxd::etcd::connect(&args.etcd_endpoints).await?;
+            let left = flaxd::etcd::leave(&mut client, &args.etcd_prefix, &args.node_name)
+                .await
+                .with_context(|| format!("node {} cannot leave", args.node_name))?;
+            match left {
+                flaxd::etcd::Left {
+                    was_member: false, ..
+                } => tracing::info!(node = args.node_name, "not a member; nothing to do"),
+                flaxd::etcd::Left { revoked, .. } => tracing::info!(
+                    node = args.node_name,
+                    lease = ?revoked,
+                    "left: record deleted, lease revoked; every peer drops this node now"
+                ),
+            }
+            Ok(())
+        }
+        Source::Kube => bail!(
+            "with --source kube the node leaves when its Node object is deleted (`kubectl delete node {}`)",
+            args.node_name
+        ),
+        Source::File => bail!(
+            "with --source file the node leaves when it is removed from the peer file on every node"
+        ),
+    }
 }

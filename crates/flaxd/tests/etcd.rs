@@ -9,13 +9,13 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{Etcd, LONG, Node, eventually, http_get, init_logs};
-use flaxd::etcd::{Resume, allocate_subnet, etcd_client, follow_members, node_key};
+use flaxd::etcd::{Resume, allocate_subnet, etcd_client, follow_members, leave, node_key};
 use flaxd::membership::Publisher;
 use flaxd::subnet::Slices;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_nodes_converge_and_a_leaving_node_is_dropped_at_once() {
+async fn three_nodes_converge_and_a_node_that_leaves_is_dropped_at_once() {
     init_logs();
     let etcd = Etcd::start().await;
     let eps = etcd.endpoints();
@@ -51,9 +51,15 @@ async fn three_nodes_converge_and_a_leaving_node_is_dropped_at_once() {
     .into();
     assert_eq!(gateways.len(), 3, "{gateways:?}");
 
-    // c leaves cleanly: its lease is revoked, so the others drop it well before the TTL.
-    let left = Instant::now();
+    // c's flaxd stops: a restart is not a departure, c stays a member.
     dc.shutdown().await.expect("clean shutdown");
+    assert!(da.members().borrow().members.contains_key("c"));
+    // c leaves for good (`flaxd --leave`): its lease is revoked, so the others drop it well
+    // before the TTL.
+    let left = Instant::now();
+    let mut kv = etcd.client().await;
+    let gone = leave(&mut kv, "/linen", "c").await.expect("leave");
+    assert!(gone.was_member && gone.revoked.is_some(), "{gone:?}");
     a.ovs.await_tunnels(&[("b", "192.0.2.2")]).await;
     b.ovs.await_tunnels(&[("a", "192.0.2.1")]).await;
     assert!(
@@ -61,6 +67,8 @@ async fn three_nodes_converge_and_a_leaving_node_is_dropped_at_once() {
         "{:?}",
         left.elapsed()
     );
+    let again = leave(&mut kv, "/linen", "c").await.expect("leave again");
+    assert!(!again.was_member, "idempotent: {again:?}");
 
     assert_eq!(da.metrics().members.load(Ordering::Relaxed), 2);
     da.shutdown().await.unwrap();
@@ -246,6 +254,9 @@ async fn a_three_member_etcd_cluster_survives_a_stopped_member() {
         .await_tunnels(&[("a", "192.0.2.1"), ("b", "192.0.2.2")])
         .await;
     dc.shutdown().await.unwrap();
+    leave(&mut etcd.client().await, "/linen", "c")
+        .await
+        .expect("c leaves");
     a.ovs.await_tunnels(&[("b", "192.0.2.2")]).await;
     // Leases keep being renewed through the survivors: for more than a TTL, a never loses b.
     let until = Instant::now() + Duration::from_secs(4);

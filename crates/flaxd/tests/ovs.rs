@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-use common::{LONG, Node, eventually, http_get, init_logs, write_peers};
+use common::{LONG, Node, WriteCounter, eventually, http_get, init_logs, write_peers};
 
 const MESH: &[(&str, &str)] = &[("a", "192.0.2.1"), ("b", "192.0.2.2"), ("c", "192.0.2.3")];
 const PEERS: &[(&str, &str)] = &[("b", "192.0.2.2"), ("c", "192.0.2.3")];
@@ -108,12 +108,14 @@ async fn a_restarted_flaxd_converges_without_recreating_anything() {
     }
     first.shutdown().await.unwrap();
 
+    let mut writes = WriteCounter::start(&a.ovs.addr()).await;
     let second = a.start_file(&peers, cfg).await;
     eventually("a successful pass of the new flaxd", LONG, || async {
         let m = second.metrics();
         (m.reconciles.load(Ordering::Relaxed) >= 1 && m.health().is_ok()).then_some(())
     })
     .await;
+    assert_eq!(writes.changes().await, Vec::<String>::new(), "OVSDB writes");
     let after = uuids(&a.ovs.await_tunnels(PEERS).await);
     assert_eq!(before, after, "no port or interface was re-created");
     assert_eq!(bridge, a.ovs.vsctl(&["get", "Bridge", "br0", "_uuid"]));

@@ -62,9 +62,10 @@ impl Cluster {
         Ok(())
     }
 
-    /// Stops the flaxd of node `name`: [`StopMode::Clean`] (SIGTERM, lease
-    /// revoked: peers drop the node at once) or [`StopMode::Crash`]
-    /// (SIGKILL: peers drop it once the lease TTL runs out). Idempotent.
+    /// Stops the flaxd of node `name`: [`StopMode::Clean`] (SIGTERM) or
+    /// [`StopMode::Crash`] (SIGKILL). Either way the node stays a member
+    /// until its lease TTL runs out, and a flaxd started again within the TTL
+    /// adopts it: peers never see it leave. Idempotent.
     pub fn stop_flaxd(&mut self, name: &str, mode: StopMode) -> Result<()> {
         let pos = self.etcd_node(name)?;
         flaxd::stop(&self.state.nodes[pos], mode)?;

@@ -31,7 +31,7 @@ use crate::wait::{self, Timeout};
 pub const PROGRAM: &str = "flaxd";
 /// `/metrics` and `/healthz`, on the node's underlay address.
 pub const METRICS_PORT: u16 = 9109;
-/// flaxd revokes its lease on SIGTERM within a request timeout (5 s at worst).
+/// flaxd renews its lease once on SIGTERM (bounded at 2 s) and exits.
 const TERM_GRACE: Duration = Duration::from_secs(8);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -47,6 +47,18 @@ pub enum Error {
         node: String,
         #[source]
         source: Box<process::Error>,
+    },
+    #[error("`flaxd --leave` for node {node} failed ({status}): {stderr}")]
+    Leave {
+        node: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    #[error("cannot run `flaxd --leave` for node {node}")]
+    LeaveSpawn {
+        node: String,
+        #[source]
+        source: std::io::Error,
     },
     #[error("flaxd of node {node} wrote no conflist at {path} (see {log})")]
     NoConflist {
@@ -169,7 +181,8 @@ pub fn args(node: &Node, etcd: &Etcd) -> Vec<String> {
 }
 
 /// Starts `node`'s flaxd inside its namespace; returns its pid (the caller
-/// records it). Its SIGTERM revokes the lease, so peers drop the node at once.
+/// records it). A new flaxd adopts the node's record and lease if they are
+/// still there (a restart within the lease TTL): peers see nothing.
 pub fn start(bin: &Path, node: &Node, etcd: &Etcd) -> Result<i32> {
     let mut cmd = node.netns.command(&bin.to_string_lossy());
     cmd.args(args(node, etcd));
@@ -185,8 +198,9 @@ pub fn start(bin: &Path, node: &Node, etcd: &Etcd) -> Result<i32> {
 /// How to stop a flaxd.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopMode {
-    /// SIGTERM: flaxd revokes its lease, so peers drop the node at once
-    /// (SIGKILL if it does not exit in time).
+    /// SIGTERM: flaxd exits and leaves the node a member until its lease
+    /// expires, for the next flaxd to adopt (SIGKILL if it does not exit in
+    /// time). Leaving is [`leave`].
     Clean,
     /// SIGKILL, as a crash would: the lease expires after its TTL.
     Crash,
@@ -219,6 +233,29 @@ pub fn stop_in(node: &str, run_dir: &Path, pid: Option<i32>, mode: StopMode) -> 
             source: Box::new(source),
         })?;
     }
+    Ok(())
+}
+
+/// The explicit departure of `node`: `flaxd --leave` inside the node with its
+/// own flags revokes its lease and deletes its record, so every peer drops
+/// it at once. Run it once the node's flaxd is stopped (a running flaxd
+/// registers its node again).
+pub fn leave(bin: &Path, node: &Node, etcd: &Etcd) -> Result<()> {
+    let mut cmd = node.netns.command(&bin.to_string_lossy());
+    cmd.args(args(node, etcd)).arg("--leave");
+    cmd.env("FLAXD_LOG", "info");
+    let out = cmd.output().map_err(|source| Error::LeaveSpawn {
+        node: node.name.clone(),
+        source,
+    })?;
+    if !out.status.success() {
+        return Err(Error::Leave {
+            node: node.name.clone(),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    tracing::info!(node = %node.name, "left the cluster (lease revoked, record deleted)");
     Ok(())
 }
 

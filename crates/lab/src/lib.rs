@@ -46,6 +46,7 @@ pub mod process;
 pub mod report;
 pub mod spec;
 pub mod state;
+pub mod stream;
 pub mod traffic;
 pub mod underlay;
 pub mod wait;

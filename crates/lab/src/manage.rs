@@ -208,8 +208,8 @@ pub(crate) fn teardown(name: &str, dir: &Path, state: Option<&LabState>) -> Resu
             }
         });
     }
-    // flaxd before etcd, so that each revokes its lease (in parallel: each
-    // waits for etcd at most a request timeout); then etcd; then OVS.
+    // flaxd before etcd, so that none of them sees etcd go (in parallel: each
+    // renews its lease one last time, bounded); then etcd; then OVS.
     let nodes = run_dirs(name, dir, state);
     let results: Vec<Result<()>> = std::thread::scope(|s| {
         let stops: Vec<_> = nodes

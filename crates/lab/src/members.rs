@@ -5,8 +5,9 @@
 //! A node joining or leaving changes the other nodes' tunnels:
 //! - with etcd membership, by itself: the joining node's flaxd registers it
 //!   in etcd and every other flaxd adds a tunnel to it; a leaving node's
-//!   flaxd is stopped with SIGTERM, revoking its lease, and every other
-//!   flaxd drops its tunnel. The lab only waits for it ([`Cluster::await_overlay`]).
+//!   flaxd is stopped with SIGTERM (which alone keeps the node a member: a
+//!   restart is not a departure), then `flaxd --leave` revokes its lease and
+//!   deletes its record, and every other flaxd drops its tunnel. The lab only waits for it ([`Cluster::await_overlay`]).
 //! - with static membership, the other nodes' conflists (`vtepIPs`) are
 //!   rewritten and their overlay re-applied at once through
 //!   [`overlay::reapply`] (the plugin's own `Ovs::ensure`, from the rewritten
@@ -165,7 +166,8 @@ impl Cluster {
     }
 
     /// Node `name` leaves: its pods are deleted (CNI DEL), its flaxd stopped
-    /// with SIGTERM (its lease revoked), its OVS stopped, its namespace and
+    /// with SIGTERM and `flaxd --leave` run (lease revoked, record deleted),
+    /// its OVS stopped, its namespace and
     /// directory removed; the other nodes' tunnels to it are gone before
     /// this returns (see the module doc). The hub and the last node cannot
     /// leave.
@@ -182,6 +184,9 @@ impl Cluster {
             tracing::warn!(node = %node.name, error = %error_chain(&e), "pod cleanup");
         }
         flaxd::stop(&node, flaxd::StopMode::Clean)?;
+        if let Some(etcd) = &self.state.etcd {
+            flaxd::leave(&flaxd::binary()?, &node, etcd)?;
+        }
         node.ovs().stop()?;
         // Deleting the namespace removes its uplink's veth pair too.
         node.netns.delete()?;

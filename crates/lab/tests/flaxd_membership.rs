@@ -111,7 +111,8 @@ fn a_joining_node_gets_tunnels_from_every_flaxd_and_its_pods_ping_the_others() {
 #[test]
 fn a_leaving_node_revokes_its_lease_and_disappears_at_once() {
     let lab = TestLab::new();
-    // A long TTL: only the revoke on SIGTERM can make n3 go in time.
+    // A long TTL: only `flaxd --leave` (which del-node runs after SIGTERM)
+    // can make n3 go in time; a stopped flaxd alone keeps n3 a member.
     ok(&lab_cli(
         &lab,
         &[

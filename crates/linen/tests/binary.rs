@@ -87,3 +87,62 @@ fn without_a_command_it_says_what_it_is() {
     assert_eq!((code, out.as_str()), (0, ""));
     assert!(err.contains("linen v"), "{err}");
 }
+
+/// `scripts/install-cni.sh`, the way Linen's docs install the plugin: replacing the binary
+/// 40 times while a runtime keeps calling it never fails a call (no ETXTBSY, no ENOEXEC from
+/// a half-written file) and never leaves a temporary file behind.
+#[test]
+fn an_atomic_install_never_fails_a_call_in_flight() {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/install-cni.sh");
+    let dir = tempfile::tempdir().unwrap();
+    let install = || {
+        let out = Command::new(&script)
+            .arg(dir.path())
+            .arg(env!("CARGO_BIN_EXE_linen"))
+            .output()
+            .expect("run install-cni.sh");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    install();
+    let installed = dir.path().join("linen");
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (calls, failures) = std::thread::scope(|s| {
+        let caller = s.spawn(|| {
+            let (mut calls, mut failures) = (0u32, Vec::new());
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                calls += 1;
+                let out = Command::new(&installed)
+                    .env_clear()
+                    .env("CNI_COMMAND", "VERSION")
+                    .stdin(Stdio::null())
+                    .output();
+                match out {
+                    Ok(o) if o.status.success() && o.stdout.starts_with(b"{") => {}
+                    other => failures.push(format!("{other:?}")),
+                }
+            }
+            (calls, failures)
+        });
+        for _ in 0..40 {
+            install();
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        caller.join().unwrap()
+    });
+    eprintln!(
+        "{calls} calls during 40 installs, {} failed",
+        failures.len()
+    );
+    assert!(calls > 40, "the calls overlapped the installs: {calls}");
+    assert_eq!(failures, Vec::<String>::new());
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["linen"], "no temporary file left");
+}

@@ -2,8 +2,11 @@
 //!
 //! Layout under a prefix (default `/linen`):
 //! - `<prefix>/nodes/<name>` = `{"vtep": IP, "podCIDR": CIDR}`, written by each flaxd under
-//!   a lease it keeps alive. A node that stops renewing (crashed, partitioned) disappears
-//!   after the lease TTL; one that shuts down revokes its lease and disappears at once.
+//!   a lease it keeps alive. A restart is not a departure: flaxd exits without revoking the
+//!   lease and the next flaxd of the node adopts record and lease ([`register`]), so peers
+//!   see nothing. A node whose flaxd stops renewing for longer than the TTL (crashed,
+//!   partitioned, powered off) disappears when the lease expires; a decommissioned node
+//!   leaves at once with [`leave`] (`flaxd --leave`), which revokes the lease.
 //! - `<prefix>/subnets/<net>-<len>` = the owning node's name: pod subnet allocations.
 //!   **Persistent, not under the lease**: a node that is down longer than the TTL still has
 //!   pods (and host-local's on-disk reservations) using addresses of its subnet, so handing
@@ -18,6 +21,7 @@
 //! refuses to run with it ([`EtcdError::SubnetTaken`]) rather than share addresses.
 
 mod follow;
+mod register;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -25,11 +29,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use etcd_client;
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
 use ipnet::IpNet;
 use tokio_util::sync::CancellationToken;
 
 pub use follow::{Resume, follow_members};
+pub use register::{Left, leave};
 
 use crate::backoff::Backoff;
 use crate::membership::{MemberRecord, Publisher};
@@ -80,6 +85,8 @@ pub enum EtcdError {
     StreamEnded,
     #[error("lease {lease} expired")]
     LeaseExpired { lease: i64 },
+    #[error("this node's record {key} was {how} by someone else")]
+    RecordLost { key: String, how: &'static str },
     #[error("cannot allocate a pod subnet")]
     Subnet(#[from] SubnetError),
     #[error("other nodes kept taking the subnet this node picked ({ALLOCATION_ATTEMPTS} attempts)")]
@@ -261,7 +268,8 @@ impl EtcdSource {
         self
     }
 
-    /// Runs until `shutdown`, then revokes the lease so that peers drop this node at once.
+    /// Runs until `shutdown`, then leaves the node's record and lease in place for the next
+    /// flaxd of this node to adopt (see [`register`]).
     /// Only a client that cannot be built at all is an error; everything else is retried.
     pub async fn run(
         self,
@@ -310,19 +318,21 @@ impl EtcdSource {
             vtep: self.cfg.vtep,
             pod_cidr: Some(pod_cidr),
         };
+        let reg = register::Registration {
+            key: node_key(&self.cfg.prefix, &self.cfg.node),
+            value: record.to_json(),
+            ttl: self.cfg.lease_ttl.max(1),
+        };
         let mut lease = None;
         tokio::select! {
             _ = shutdown.cancelled() => {}
-            _ = self.keep_registered(client.clone(), &record, &mut lease) => {}
+            _ = register::keep_registered(client.clone(), &reg, &mut lease) => {}
             _ = follow_members(client.clone(), &self.cfg.prefix, &publisher, None, shutdown.clone()) => {}
         }
+        // A restart is not a departure: the record stays under its lease, renewed once more
+        // so that the next flaxd of this node has a whole TTL to adopt it.
         if let Some(id) = lease {
-            match timed("lease revoke", client.lease_revoke(id)).await {
-                Ok(_) => tracing::info!(lease = id, "lease revoked; peers drop this node now"),
-                Err(e) => {
-                    tracing::warn!(error = %crate::reconcile::error_chain(&e), "cannot revoke the lease; peers drop this node when it expires")
-                }
-            }
+            register::renew_once(&mut client, id).await;
         }
         Ok(())
     }
@@ -330,62 +340,6 @@ impl EtcdSource {
     fn report_conflict(&self, why: Option<String>) {
         if let Some(m) = &self.metrics {
             m.set_pod_cidr_conflict(why);
-        }
-    }
-
-    /// Keeps `<prefix>/nodes/<node>` present under a live lease, forever: grants a lease,
-    /// writes the record, renews every TTL/3; a lost lease or stream starts over.
-    async fn keep_registered(
-        &self,
-        mut client: Client,
-        record: &MemberRecord,
-        lease: &mut Option<i64>,
-    ) {
-        let key = node_key(&self.cfg.prefix, &self.cfg.node);
-        let value = record.to_json();
-        let ttl = self.cfg.lease_ttl.max(1);
-        let period = Duration::from_millis((ttl as u64 * 1000 / 3).max(100));
-        let mut backoff = Backoff::new(Duration::from_millis(100), period);
-        loop {
-            let err = async {
-                let id = match *lease {
-                    Some(id) => id,
-                    None => {
-                        let granted = timed("lease grant", client.lease_grant(ttl, None)).await?;
-                        *lease = Some(granted.id());
-                        granted.id()
-                    }
-                };
-                let put = client.put(
-                    key.as_str(),
-                    value.as_str(),
-                    Some(PutOptions::new().with_lease(id)),
-                );
-                timed("registration", put).await?;
-                tracing::info!(key, lease = id, ttl, "registered in etcd");
-                let (mut keeper, mut stream) =
-                    timed("lease keep-alive", client.lease_keep_alive(id)).await?;
-                loop {
-                    timed("lease keep-alive", keeper.keep_alive()).await?;
-                    let resp = timed("lease keep-alive", stream.message()).await?;
-                    match resp {
-                        Some(r) if r.ttl() > 0 => backoff.reset(),
-                        _ => {
-                            return Err::<(), _>(EtcdError::LeaseExpired { lease: id });
-                        }
-                    }
-                    tokio::time::sleep(period).await;
-                }
-            }
-            .await
-            .err();
-            if let Some(e) = err {
-                // Start over with a new lease: the old one may be gone, and if it is not,
-                // it expires harmlessly once the record is attached to the new one.
-                *lease = None;
-                tracing::warn!(error = %crate::reconcile::error_chain(&e), "etcd registration interrupted; renewing");
-            }
-            backoff.wait().await;
         }
     }
 }

@@ -17,10 +17,12 @@ use std::time::{Duration, Instant};
 mod etcd;
 mod node;
 mod ovs;
+mod writes;
 
 pub use etcd::Etcd;
 pub use node::{Node, http_get, write_peers};
 pub use ovs::OvsNode;
+pub use writes::WriteCounter;
 
 pub const SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
 pub const BRIDGE: &str = "br0";

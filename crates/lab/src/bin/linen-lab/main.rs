@@ -170,15 +170,16 @@ enum Command {
         pods: u16,
     },
     /// A node leaves with its pods; the others' tunnels to it are removed
-    /// (with etcd: its flaxd gets SIGTERM and revokes its lease).
+    /// (with etcd: its flaxd gets SIGTERM, then `flaxd --leave` revokes its
+    /// lease).
     DelNode {
         #[command(flatten)]
         lab: Lab,
         node: String,
     },
-    /// Operate a node's flaxd (etcd labs): `stop` (SIGTERM: lease revoked,
-    /// peers drop the node at once), `kill` (SIGKILL, a crash: peers drop it
-    /// after the lease TTL), `start`.
+    /// Operate a node's flaxd (etcd labs): `stop` (SIGTERM) and `kill`
+    /// (SIGKILL, a crash) both keep the node a member until its lease TTL runs
+    /// out; `start` within the TTL adopts it (peers never see it leave).
     Flaxd {
         #[command(flatten)]
         lab: Lab,
@@ -322,7 +323,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mut cluster = lab.open()?;
             cluster.del_node(&node)?;
             let how = match cluster.state().membership {
-                Membership::Etcd => "its flaxd revoked its lease; the others dropped their tunnels",
+                Membership::Etcd => {
+                    "flaxd --leave revoked its lease; the others dropped their tunnels"
+                }
                 Membership::Static => "other nodes' tunnels to it removed",
             };
             drop(cluster);
@@ -338,7 +341,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 FlaxdAction::Stop => {
                     cluster.stop_flaxd(&node, StopMode::Clean)?;
-                    eprintln!("flaxd of {node} stopped; its lease is revoked");
+                    let ttl = cluster.state().etcd.as_ref().map_or(0, |e| e.lease_ttl);
+                    eprintln!(
+                        "flaxd of {node} stopped; {node} stays a member for its lease TTL ({ttl}s), for a new flaxd to adopt"
+                    );
                 }
                 FlaxdAction::Kill => {
                     cluster.stop_flaxd(&node, StopMode::Crash)?;

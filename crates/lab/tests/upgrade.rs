@@ -1,0 +1,94 @@
+//! Rolling upgrades lose no packets (root; real etcd, a real flaxd process
+//! per node, real OVS, real packets): a continuous ping between pods of
+//! different nodes runs across a flaxd restart after SIGTERM and across one
+//! after SIGKILL (each 2 s later, as in a rolling update, within the lease
+//! TTL), and not one packet may be lost. The figures are printed
+//! (`--no-capture` to see them).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{TestLab, assert_nothing_left};
+use linen_lab::flaxd::Health;
+use linen_lab::stream::Stream;
+use linen_lab::{Cluster, LabState, Pod, StopMode, ping};
+
+/// A TTL with room for a restart: the new flaxd adopts the lease within it.
+const TTL: u32 = 10;
+/// 40 pings a second.
+const INTERVAL: Duration = Duration::from_millis(25);
+/// Each stream's length: traffic before, during and after the operation.
+const WINDOW: Duration = Duration::from_secs(12);
+/// Traffic before the operation starts.
+const BEFORE: Duration = Duration::from_secs(1);
+/// Between the old flaxd's end and the new one's start, as in a rolling update
+/// (the pod terminates, the new one is scheduled and started): long enough
+/// that peers would act on a departure (their debounce is 100 ms), well within
+/// the TTL.
+const GAP: Duration = Duration::from_secs(2);
+
+fn pings_pass(state: &LabState) {
+    let mut last = String::new();
+    let passed = linen_lab::wait::until("the ping matrix to pass", Duration::from_secs(20), || {
+        let m = ping::run(state);
+        last = m.render();
+        m.passed().then_some(())
+    });
+    assert!(passed.is_ok(), "{last}");
+}
+
+fn pod_on<'a>(state: &'a LabState, node: &str) -> &'a Pod {
+    let index = state.node(node).expect("node").index;
+    state.pods_on(index).next().expect("a pod")
+}
+
+#[test]
+fn a_flaxd_restart_or_crash_within_the_ttl_loses_no_packets() {
+    let lab = TestLab::new();
+    let mut cluster = Cluster::up(lab.etcd_spec(3, 1, TTL)).expect("up");
+    let state = cluster.state().clone();
+    pings_pass(&state);
+    let (p1, p2, p3) = (
+        pod_on(&state, "n1"),
+        pod_on(&state, "n2"),
+        pod_on(&state, "n3"),
+    );
+    let ip = |p: &Pod| p.ip.expect("an address").addr();
+    let count = (WINDOW.as_millis() / INTERVAL.as_millis()) as u32;
+
+    for mode in [StopMode::Clean, StopMode::Crash] {
+        // Into the restarted node and out of it, both crossing the overlay.
+        let into = Stream::start(p1, ip(p2), INTERVAL, count).expect("ping n1 -> n2");
+        let out_of = Stream::start(p2, ip(p3), INTERVAL, count).expect("ping n2 -> n3");
+        let started = Instant::now();
+        std::thread::sleep(BEFORE);
+        let old = cluster.state().node("n2").unwrap().flaxd_pid;
+        cluster.stop_flaxd("n2", mode).expect("stop flaxd");
+        std::thread::sleep(GAP);
+        let pid = cluster.start_flaxd("n2").expect("start flaxd");
+        assert_ne!(Some(pid), old, "a new flaxd");
+        let n2 = cluster.state().node("n2").unwrap().clone();
+        linen_lab::wait::until("n2's new flaxd healthy", Duration::from_secs(20), || {
+            (n2.flaxd_health() == Health::Healthy).then_some(())
+        })
+        .expect("healthy");
+        cluster.await_overlay().expect("converged");
+        let took = started.elapsed() - BEFORE - GAP;
+        assert!(
+            started.elapsed() < WINDOW,
+            "the restart ({took:?}) outlasted the ping window"
+        );
+        let (into, out_of) = (into.finish().expect("ping"), out_of.finish().expect("ping"));
+        eprintln!(
+            "flaxd {mode:?}, {GAP:?}, restart on n2 (converged in {:.2}s): n1->n2 {into}; n2->n3 {out_of}",
+            took.as_secs_f64()
+        );
+        assert_eq!(into.lost(), 0, "{mode:?}: n1 -> n2 {into}");
+        assert_eq!(out_of.lost(), 0, "{mode:?}: n2 -> n3 {out_of}");
+        assert!(into.sent >= count && out_of.sent >= count);
+    }
+
+    cluster.down().expect("down");
+    assert_nothing_left(&lab);
+}
