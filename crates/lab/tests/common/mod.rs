@@ -192,14 +192,21 @@ pub fn ok(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Stderr of a failed run; panics if it succeeded.
+/// Stderr of a run that failed cleanly; panics if it succeeded or panicked (a Rust panic
+/// exits 101 and says "panicked" on stderr): bad use gets a message, never a panic.
 pub fn fails(out: &std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         !out.status.success(),
         "unexpectedly succeeded: {}",
         String::from_utf8_lossy(&out.stdout)
     );
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    assert!(
+        out.status.code() != Some(101) && !stderr.contains("panicked"),
+        "failed by panicking ({}): {stderr}",
+        out.status
+    );
+    stderr
 }
 
 /// Polls `check` until it returns `Some`, for at most `limit`; panics naming
