@@ -13,6 +13,7 @@ use linen_lab::Topology;
 use plugin_support::*;
 use serde_json::{Value, json};
 
+/// Every ordered pair at once, each retried until it answers or [`PING_WINDOW`] passes.
 fn all_pairs_ping(pods: &[Pod]) {
     let mut failed = Vec::new();
     std::thread::scope(|s| {

@@ -72,11 +72,11 @@ impl OvsNode {
             .expect("ovsdb-server");
         self.ovsdb = Some(child);
         let sock = d.join("db.sock");
-        let deadline = Instant::now() + LONG;
-        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-            assert!(Instant::now() < deadline, "ovsdb-server did not listen");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        testkit::eventually(
+            format!("ovsdb-server to listen on {}", sock.display()),
+            LONG,
+            || std::os::unix::net::UnixStream::connect(&sock).ok(),
+        );
     }
 
     pub fn kill_ovsdb(&mut self) {
@@ -113,11 +113,11 @@ impl OvsNode {
             .spawn()
             .expect("ovs-vswitchd");
         self.vswitchd = Some(child);
-        let deadline = Instant::now() + LONG;
-        while !pidfile.exists() {
-            assert!(Instant::now() < deadline, "ovs-vswitchd did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        testkit::eventually(
+            format!("ovs-vswitchd pidfile {}", pidfile.display()),
+            LONG,
+            || pidfile.exists().then_some(()),
+        );
     }
 
     /// SIGKILL, as a crash would.

@@ -37,6 +37,9 @@ pub struct Lab {
     pub root: tempfile::TempDir,
 }
 
+/// How long a pair of pods has to answer a ping.
+pub const PING_WINDOW: Duration = Duration::from_secs(30);
+
 pub fn random_suffix() -> String {
     const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
@@ -326,37 +329,27 @@ impl Pod {
         self.ip.expect("pod has no address yet")
     }
 
-    /// One ping, retried a few times to absorb the first ARP round.
+    /// Pings `dst` until it answers or [`PING_WINDOW`] passes (one ping of 1 s at a time):
+    /// a first packet lost to ARP or a busy machine is not a failure.
     pub fn ping(&self, dst: IpAddr) -> bool {
-        (0..3).any(|_| {
+        self.ping_within(dst, PING_WINDOW)
+    }
+
+    /// Pings `dst` until it answers or `limit` passes: also for paths that take time to
+    /// open, such as a bridge whose unreachable controller keeps it from switching until
+    /// OVS's fail-open timer fires.
+    pub fn ping_within(&self, dst: IpAddr, limit: Duration) -> bool {
+        testkit::try_eventually(format!("{} to answer {dst}", self.name), limit, || {
             Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &self.name,
-                    "ping",
-                    "-c1",
-                    "-W1",
-                    &dst.to_string(),
-                ])
+                .args(["netns", "exec", &self.name, "ping", "-c1", "-W1"])
+                .arg(dst.to_string())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
                 .is_ok_and(|s| s.success())
+                .then_some(())
         })
-    }
-
-    /// Pings `dst` until it answers or `limit` passes: for paths that take time to open,
-    /// such as a bridge whose unreachable controller keeps it from switching until OVS's
-    /// fail-open timer fires.
-    pub fn ping_within(&self, dst: IpAddr, limit: Duration) -> bool {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if self.ping(dst) {
-                return true;
-            }
-        }
-        false
+        .is_ok()
     }
 
     /// The pod's eth0 MTU.
