@@ -17,15 +17,15 @@ use serde_json::{Value, json};
 
 const PLUGIN_DIR: &str = "/usr/lib/cni";
 
-fn available() -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    let plugins = ["bridge", "host-local", "portmap"]
-        .iter()
-        .all(|p| Path::new(PLUGIN_DIR).join(p).is_file());
-    if !(root && plugins) {
-        eprintln!("skipping: needs root and the reference plugins in {PLUGIN_DIR}");
+/// Fails the test, naming what is missing, unless it can run here: root, and the reference
+/// plugins it drives. Never a silent pass.
+fn require() {
+    testkit::require::root();
+    for p in ["bridge", "host-local", "portmap"] {
+        testkit::require::file(Path::new(PLUGIN_DIR).join(p), "containernetworking-plugins");
     }
-    root && plugins
+    testkit::require::program("ip", "iproute2");
+    testkit::require::program("iptables", "iptables");
 }
 
 fn run(cmd: &[&str]) -> std::process::Output {
@@ -248,37 +248,31 @@ fn lifecycle(version: Version) {
 
 #[test]
 fn bridge_host_local_v0_3_0() {
-    if available() {
-        lifecycle(Version::V0_3_0);
-    }
+    require();
+    lifecycle(Version::V0_3_0);
 }
 
 #[test]
 fn bridge_host_local_v0_3_1() {
-    if available() {
-        lifecycle(Version::V0_3_1);
-    }
+    require();
+    lifecycle(Version::V0_3_1);
 }
 
 #[test]
 fn bridge_host_local_v0_4_0() {
-    if available() {
-        lifecycle(Version::V0_4_0);
-    }
+    require();
+    lifecycle(Version::V0_4_0);
 }
 
 #[test]
 fn bridge_host_local_v1_0_0() {
-    if available() {
-        lifecycle(Version::V1_0_0);
-    }
+    require();
+    lifecycle(Version::V1_0_0);
 }
 
 #[test]
 fn v1_1_0_is_refused_by_plugins_1_1_1() {
-    if !available() {
-        return;
-    }
+    require();
     let w = World::new();
     let exec = w.exec();
     let info = exec.version_info("bridge").unwrap();
@@ -304,9 +298,7 @@ fn v1_1_0_is_refused_by_plugins_1_1_1() {
 
 #[test]
 fn chain_with_portmap() {
-    if !available() {
-        return;
-    }
+    require();
     let w = World::new();
     let exec = w.exec();
     let list = w.list(
@@ -344,9 +336,7 @@ fn chain_with_portmap() {
 
 #[test]
 fn missing_plugin_is_a_clear_error() {
-    if !available() {
-        return;
-    }
+    require();
     let w = World::new();
     let exec = w.exec();
     let list = w.list(
@@ -369,9 +359,7 @@ fn missing_plugin_is_a_clear_error() {
 
 #[test]
 fn gc_releases_stale_attachment() {
-    if !available() {
-        return;
-    }
+    require();
     let w = World::new();
     let exec = w.exec();
     let list = w.list("1.0.0", json!([w.bridge_plugin()]));

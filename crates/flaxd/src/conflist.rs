@@ -248,12 +248,22 @@ mod tests {
     fn writes_only_changes_and_atomically() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("net.d/10-linen.conflist");
+        use std::os::unix::fs::MetadataExt;
+        let inode = || std::fs::metadata(&path).unwrap().ino();
         assert!(write_if_changed(&path, "a\n").unwrap());
+        // Held open, so its inode number cannot be reused by a new file.
+        let mut reader = std::fs::File::open(&path).unwrap();
+        let first = inode();
         assert!(!write_if_changed(&path, "a\n").unwrap(), "same content");
-        let before = std::fs::metadata(&path).unwrap().modified().unwrap();
+        assert_eq!(inode(), first, "the same content is not written again");
+        // A reader of the old file keeps the old content whole: the new one is another file
+        // renamed over it, never an edit in place.
         assert!(write_if_changed(&path, "b\n").unwrap());
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "b\n");
-        assert!(std::fs::metadata(&path).unwrap().modified().unwrap() >= before);
+        assert_ne!(inode(), first, "replaced by rename, not rewritten in place");
+        let mut old = String::new();
+        std::io::Read::read_to_string(&mut reader, &mut old).unwrap();
+        assert_eq!(old, "a\n");
         let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())

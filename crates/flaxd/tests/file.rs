@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::sync::atomic::Ordering;
+
 use common::{LONG, Node, eventually, init_logs, write_peers};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,13 +40,41 @@ async fn tunnels_follow_the_peer_file() {
 
     // A broken file changes nothing (the last good membership stays)...
     std::fs::write(&peers, "- name: b\n  vtep: [not an address\n").unwrap();
-    eventually("the broken file noticed", LONG, || async {
-        (!d.members().borrow().connected).then_some(())
+    // A pass has seen it: reconcile_once records the source as disconnected first thing.
+    eventually("a pass over the broken file", LONG, || async {
+        (!d.metrics().source_connected.load(Ordering::Relaxed)).then_some(())
     })
     .await;
-    a.ovs
-        .await_tunnels(&[("b", "192.0.2.2"), ("d", "192.0.2.4")])
-        .await;
+    // That pass may still be running: poke OVS (a foreign port, which flaxd leaves alone),
+    // so a pass completes after this point, and only then look.
+    let passes = d.metrics().reconciles.load(Ordering::Relaxed);
+    a.ovs.vsctl(&[
+        "add-port",
+        "br0",
+        "poke",
+        "--",
+        "set",
+        "Interface",
+        "poke",
+        "type=internal",
+    ]);
+    eventually("a completed pass after the broken file", LONG, || async {
+        (d.metrics().reconciles.load(Ordering::Relaxed) > passes).then_some(())
+    })
+    .await;
+    assert!(!d.members().borrow().connected);
+    let remotes: Vec<String> = a
+        .ovs
+        .tunnels()
+        .await
+        .keys()
+        .map(|ip| ip.to_string())
+        .collect();
+    assert_eq!(
+        remotes,
+        ["192.0.2.2", "192.0.2.4"],
+        "the last good membership stays"
+    );
 
     // ...and an edit in place (JSON this time) is followed.
     std::fs::write(&peers, r#"[{"name": "e", "vtep": "192.0.2.5"}]"#).unwrap();

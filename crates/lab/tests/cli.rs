@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{TestLab, lab_cli, ok};
+use common::{TestLab, fails, lab_cli, ok, ovs_pids};
 
 #[test]
 fn up_status_exec_down() {
@@ -36,13 +36,16 @@ fn up_status_exec_down() {
     let code = lab_cli(&lab, &["exec", "n1", "--", "sh", "-c", "exit 3"]);
     assert_eq!(code.status.code(), Some(3));
 
-    let again = lab_cli(&lab, &["up", "--nodes", "2"]);
-    assert!(!again.status.success());
-    assert!(String::from_utf8_lossy(&again.stderr).contains("already running"));
+    let again = fails(&lab_cli(&lab, &["up", "--nodes", "2"]));
+    assert!(again.contains("already running"), "{again}");
 
+    // Every OVS daemon of every node, to prove `down` stopped them.
+    let state = linen_lab::load(&lab.dir()).expect("load").expect("state");
+    let pids: Vec<i32> = state.nodes.iter().flat_map(ovs_pids).collect();
+    assert_eq!(pids.len(), 4, "two daemons on each of two nodes: {pids:?}");
     ok(&lab_cli(&lab, &["down"]));
     ok(&lab_cli(&lab, &["down"]));
-    lab.assert_gone(&[]);
+    lab.assert_gone(&pids);
     let status = ok(&lab_cli(&lab, &["status"]));
     assert!(status.contains("not running"), "{status}");
 }

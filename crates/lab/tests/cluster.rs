@@ -116,7 +116,7 @@ fn crash_child() {
         std::env::var("LINEN_LAB_CRASH_NAME"),
         std::env::var("LINEN_LAB_CRASH_DIR"),
     ) else {
-        return;
+        panic!("run only as a child of crashed_lab_is_cleaned_by_next_up (no LINEN_LAB_CRASH_*)");
     };
     let spec = linen_lab::ClusterSpec {
         dir: Some(dir.into()),

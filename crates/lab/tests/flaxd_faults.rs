@@ -9,22 +9,12 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use common::{TestLab, assert_nothing_left, eventually, remotes_of, tunnels_of};
+use common::{TestLab, assert_nothing_left, eventually, pings_pass, remotes_of, tunnels_of};
 use linen::model::Source;
-use linen_lab::{Cluster, Daemon, LabState, Node, StopMode, ping};
+use linen_lab::{Cluster, Daemon, Node, StopMode};
 
 /// flaxd's lease TTL in these labs, seconds.
 const TTL: u32 = 3;
-
-fn pings_pass(state: &LabState) {
-    let mut last = String::new();
-    let passed = linen_lab::wait::until("the ping matrix to pass", Duration::from_secs(20), || {
-        let m = ping::run(state);
-        last = m.render();
-        m.passed().then_some(())
-    });
-    assert!(passed.is_ok(), "{last}");
-}
 
 fn uuids(node: &Node) -> BTreeMap<IpAddr, String> {
     tunnels_of(node)
@@ -53,7 +43,7 @@ fn a_killed_flaxd_is_dropped_after_its_lease_and_comes_back_without_recreating_p
     cluster.stop_flaxd("n2", StopMode::Crash).expect("kill");
     for node in &others {
         eventually(
-            &format!("{} to drop n2 after its lease", node.name),
+            format!("{} to drop n2 after its lease", node.name),
             Duration::from_secs(u64::from(TTL) + 10),
             || (!remotes_of(node).contains(&ip2)).then_some(()),
         );

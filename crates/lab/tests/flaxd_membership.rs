@@ -7,25 +7,14 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    TestLab, assert_nothing_left, eventually, fails, lab_cli, lab_cli_env, ok, remotes_of,
-    tunnels_of,
+    TestLab, assert_nothing_left, eventually, fails, lab_cli, lab_cli_env, ok, pings_pass,
+    remotes_of, tunnels_of,
 };
 use linen::model::Source::Flaxd;
-use linen_lab::{LabState, ping};
+use linen_lab::LabState;
 
 fn state(lab: &TestLab) -> LabState {
     linen_lab::load(&lab.dir()).unwrap().expect("state")
-}
-
-/// Every pod pings every other pod and its gateway, retried for a while.
-fn pings_pass(state: &LabState) {
-    let mut last = String::new();
-    let passed = linen_lab::wait::until("the ping matrix to pass", Duration::from_secs(20), || {
-        let m = ping::run(state);
-        last = m.render();
-        m.passed().then_some(())
-    });
-    assert!(passed.is_ok(), "{last}");
 }
 
 #[test]
@@ -135,7 +124,7 @@ fn a_leaving_node_revokes_its_lease_and_disappears_at_once() {
     let s = state(&lab);
     for node in &s.nodes {
         eventually(
-            &format!("{} to drop its tunnel to n3", node.name),
+            format!("{} to drop its tunnel to n3", node.name),
             Duration::from_secs(10),
             || (!remotes_of(node).contains(&gone_ip)).then_some(()),
         );

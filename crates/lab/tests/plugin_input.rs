@@ -64,7 +64,7 @@ fn bad_input_gets_the_right_code_and_changes_nothing() {
             env: vec![],
             stdin: Stdin::Raw("[1,2]"),
             code: 6,
-            says: "",
+            says: "not a JSON object",
         },
         Case {
             what: "unknown cniVersion",
@@ -78,7 +78,7 @@ fn bad_input_gets_the_right_code_and_changes_nothing() {
             env: vec![],
             stdin: Stdin::Without(&["cniVersion"]),
             code: 1,
-            says: "",
+            says: "no cniVersion",
         },
         Case {
             what: "unknown CNI_COMMAND",
@@ -113,7 +113,7 @@ fn bad_input_gets_the_right_code_and_changes_nothing() {
             env: vec![("CNI_IFNAME", Some("eth0/x"))],
             stdin: Stdin::Patch(json!({})),
             code: 4,
-            says: "",
+            says: "CNI_IFNAME contains /",
         },
         Case {
             what: "a network namespace that does not exist",
@@ -199,7 +199,7 @@ fn bad_input_gets_the_right_code_and_changes_nothing() {
             env: vec![],
             stdin: Stdin::Patch(json!({"prevResult": {"ips": "nope"}})),
             code: 6,
-            says: "",
+            says: "prevResult",
         },
         Case {
             what: "mtu too large",
@@ -231,6 +231,11 @@ fn bad_input_gets_the_right_code_and_changes_nothing() {
     );
     let mut failures = Vec::new();
     for case in &cases {
+        assert!(
+            !case.says.is_empty(),
+            "{}: name what the message says",
+            case.what
+        );
         let mut env: Vec<(&str, &str)> = base_env.to_vec();
         for (k, v) in &case.env {
             env.retain(|(ek, _)| ek != k);

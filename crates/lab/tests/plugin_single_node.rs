@@ -163,7 +163,16 @@ fn linen_speaks_1_1_0_reports_mtu_and_answers_status_and_gc() {
         )
         .json();
     assert_eq!(old["ips"][0]["version"], "4", "{old}");
-    assert!(old["interfaces"][2].get("mtu").is_none(), "{old}");
+    // Looked up by name, not index: a missing entry must not read as "no mtu".
+    let old_ifaces = old["interfaces"].as_array().expect("interfaces");
+    assert!(
+        old_ifaces.iter().any(|i| i["name"] == veth["name"]),
+        "the host veth is reported: {old}"
+    );
+    assert!(
+        old_ifaces.iter().all(|i| i.get("mtu").is_none()),
+        "0.3.1 has no interfaces[].mtu: {old}"
+    );
 
     let check = lab.invoke(
         0,
@@ -257,8 +266,21 @@ fn explicit_mtu_is_applied_or_refused() {
     );
     assert_eq!(pod.mtu(), 1400);
 
-    // A larger underlay (given explicitly) allows a larger pod MTU.
-    let jumbo = linen_conf(&lab, "1.1.0", Some(&prev), json!({"underlayMTU": 9000}));
+    // A larger underlay (given explicitly) allows the pod MTU just refused.
+    let jumbo = linen_conf(
+        &lab,
+        "1.1.0",
+        Some(&prev),
+        json!({"underlayMTU": 9000, "mtu": 1451}),
+    );
+    let out = lab.invoke(
+        0,
+        &linen_bin(),
+        &env("ADD", &pod),
+        jumbo.to_string().as_bytes(),
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stdout);
+    assert_eq!(pod.mtu(), 1451);
     let out = lab.invoke(
         0,
         &linen_bin(),

@@ -29,24 +29,14 @@ const GLOBAL_PATHS: [&str; 4] = [
     "/dev/shm/libpod_lock",
 ];
 
-/// Why the test cannot run here, if it cannot.
-fn missing_tools() -> Option<String> {
-    let missing: Vec<&str> = [
-        ("podman", "/usr/bin/podman"),
-        ("runc", "/usr/sbin/runc"),
-        ("busybox-static", "/bin/busybox"),
-        ("util-linux (unshare, nsenter)", "/usr/bin/unshare"),
-    ]
-    .into_iter()
-    .filter(|(_, path)| !Path::new(path).exists())
-    .map(|(pkg, _)| pkg)
-    .collect();
-    (!missing.is_empty()).then(|| {
-        format!(
-            "SKIP podman test: missing {}; install them with ./scripts/install-deps.sh",
-            missing.join(", ")
-        )
-    })
+/// Fails the test, naming what is missing, unless every tool it runs is installed.
+fn require_tools() {
+    testkit::require::root();
+    testkit::require::file("/usr/bin/podman", "podman");
+    testkit::require::file("/usr/sbin/runc", "runc");
+    testkit::require::file("/bin/busybox", "busybox-static");
+    testkit::require::file("/usr/bin/unshare", "util-linux");
+    testkit::require::file("/usr/bin/nsenter", "util-linux");
 }
 
 /// A test-private podman: every file it writes is under `dir`, removed on drop.
@@ -178,10 +168,7 @@ fn leases(node: &Node) -> Vec<String> {
 
 #[test]
 fn podman_container_on_a_linen_network_pings_a_pod_on_another_node() {
-    if let Some(skip) = missing_tools() {
-        eprintln!("{skip}");
-        return;
-    }
+    require_tools();
     let absent_before: Vec<&str> = GLOBAL_PATHS
         .into_iter()
         .filter(|p| !Path::new(p).exists())

@@ -8,24 +8,12 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use testkit::try_eventually;
 
 /// The schema installed by Debian's openvswitch-common.
 pub const VSWITCH_SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
-
-/// Polls `check` every 10 ms until it returns `Some`, for at most `timeout`.
-pub fn eventually<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 /// A short random suffix for names (bridges, namespaces) that must not collide across tests.
 pub fn random_suffix() -> String {
@@ -61,10 +49,6 @@ fn run(mut cmd: Command) -> io::Result<String> {
         )));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn timed_out(what: String) -> io::Error {
-    io::Error::new(io::ErrorKind::TimedOut, what)
 }
 
 /// A private ovsdb-server with a fresh `Open_vSwitch` database (no root row yet).
@@ -114,10 +98,11 @@ impl OvsdbServer {
             tcp_port: None,
         };
         let sock = server.socket_path();
-        eventually(Duration::from_secs(10), || {
-            std::os::unix::net::UnixStream::connect(&sock).ok()
-        })
-        .ok_or_else(|| timed_out(format!("ovsdb-server socket {}", sock.display())))?;
+        try_eventually(
+            format!("ovsdb-server socket {}", sock.display()),
+            Duration::from_secs(10),
+            || std::os::unix::net::UnixStream::connect(&sock).ok(),
+        )?;
         Ok(server)
     }
 
@@ -125,12 +110,16 @@ impl OvsdbServer {
     /// line, or a Manager row's target) and returns the first one logged.
     pub fn wait_tcp_port(&self) -> io::Result<u16> {
         let log = self.dir().join("ovsdb.log");
-        eventually(Duration::from_secs(10), || {
-            let text = std::fs::read_to_string(&log).ok()?;
-            text.lines()
-                .find_map(|l| l.split("listening on port ").nth(1)?.trim().parse().ok())
-        })
-        .ok_or_else(|| timed_out("a TCP port in the ovsdb-server log".into()))
+        let port = try_eventually(
+            "a TCP port in the ovsdb-server log",
+            Duration::from_secs(10),
+            || {
+                let text = std::fs::read_to_string(&log).ok()?;
+                text.lines()
+                    .find_map(|l| l.split("listening on port ").nth(1)?.trim().parse().ok())
+            },
+        )?;
+        Ok(port)
     }
 
     /// The run directory (db, socket, pidfile, unixctl socket, logs).
@@ -214,8 +203,11 @@ impl Vswitchd {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         guard.child = Some(cmd.spawn()?);
-        eventually(Duration::from_secs(10), || pidfile.exists().then_some(()))
-            .ok_or_else(|| timed_out(format!("ovs-vswitchd pidfile {}", pidfile.display())))?;
+        try_eventually(
+            format!("ovs-vswitchd pidfile {}", pidfile.display()),
+            Duration::from_secs(10),
+            || pidfile.exists().then_some(()),
+        )?;
         Ok(guard)
     }
 

@@ -12,7 +12,7 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod etcd;
 mod node;
@@ -29,23 +29,23 @@ pub const BRIDGE: &str = "br0";
 /// Every wait of these tests is bounded by this.
 pub const LONG: Duration = Duration::from_secs(20);
 
-/// Awaits `check` every 20 ms until it returns `Some`, for at most `timeout`; panics naming
-/// `what` after that.
+/// The test kit's [`testkit::eventually`] for async checks (the daemons under test run on
+/// the same runtime, so the wait must not block it): the same polling policy
+/// ([`testkit::Poll`]), with the sleep awaited. Panics naming `what` at the deadline.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + timeout;
+    let mut poll = testkit::Poll::new(what, timeout);
     loop {
         if let Some(v) = check().await {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        match poll.next_sleep() {
+            Ok(pause) => tokio::time::sleep(pause).await,
+            Err(timeout) => panic!("{timeout}"),
+        }
     }
 }
 

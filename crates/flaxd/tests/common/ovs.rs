@@ -72,11 +72,11 @@ impl OvsNode {
             .expect("ovsdb-server");
         self.ovsdb = Some(child);
         let sock = d.join("db.sock");
-        let deadline = Instant::now() + LONG;
-        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-            assert!(Instant::now() < deadline, "ovsdb-server did not listen");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        testkit::eventually(
+            format!("ovsdb-server to listen on {}", sock.display()),
+            LONG,
+            || std::os::unix::net::UnixStream::connect(&sock).ok(),
+        );
     }
 
     pub fn kill_ovsdb(&mut self) {
@@ -113,11 +113,11 @@ impl OvsNode {
             .spawn()
             .expect("ovs-vswitchd");
         self.vswitchd = Some(child);
-        let deadline = Instant::now() + LONG;
-        while !pidfile.exists() {
-            assert!(Instant::now() < deadline, "ovs-vswitchd did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        testkit::eventually(
+            format!("ovs-vswitchd pidfile {}", pidfile.display()),
+            LONG,
+            || pidfile.exists().then_some(()),
+        );
     }
 
     /// SIGKILL, as a crash would.
@@ -132,20 +132,40 @@ impl OvsNode {
             .args(args))
     }
 
-    /// Linen's tunnels on the bridge, by remote address (empty when there is no bridge or
-    /// OVSDB cannot be reached).
-    pub async fn tunnels(&self) -> BTreeMap<IpAddr, ObservedPort> {
-        let Ok(ovs) = Ovs::connect(&self.addr()).await else {
-            return BTreeMap::new();
-        };
-        match ovs.observe(BRIDGE).await {
-            Ok((Some(b), _)) => b
-                .owned_tunnels()
+    /// Linen's tunnels on the bridge, by remote address; `Ok(None)` when there is no bridge,
+    /// `Err` when OVSDB cannot be reached or read.
+    pub async fn try_tunnels(&self) -> Result<Option<BTreeMap<IpAddr, ObservedPort>>, String> {
+        let ovs = Ovs::connect(&self.addr())
+            .await
+            .map_err(|e| format!("connect to {}: {e}", self.addr()))?;
+        let (bridge, _) = ovs
+            .observe(BRIDGE)
+            .await
+            .map_err(|e| format!("read bridge {BRIDGE}: {e}"))?;
+        Ok(bridge.map(|b| {
+            b.owned_tunnels()
                 .into_iter()
                 .map(|(ip, p)| (ip, p.clone()))
-                .collect(),
-            _ => BTreeMap::new(),
+                .collect()
+        }))
+    }
+
+    /// Linen's tunnels on the bridge, by remote address; panics when there is no bridge or
+    /// OVSDB cannot be read, so "no tunnels" is never a broken OVS.
+    pub async fn tunnels(&self) -> BTreeMap<IpAddr, ObservedPort> {
+        match self.try_tunnels().await {
+            Ok(Some(t)) => t,
+            Ok(None) => panic!("no bridge {BRIDGE} on {}", self.addr()),
+            Err(e) => panic!("{e}"),
         }
+    }
+
+    /// Linen's tunnels, or none when there is no bridge yet; panics when OVSDB cannot be read.
+    pub async fn tunnels_if_bridge(&self) -> BTreeMap<IpAddr, ObservedPort> {
+        self.try_tunnels()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_default()
     }
 
     /// Waits until the tunnels are to exactly `want` (flaxd-managed, each labelled with its
@@ -156,7 +176,8 @@ impl OvsNode {
             .map(|(peer, ip)| (ip.parse().unwrap(), peer.to_string()))
             .collect();
         eventually(&format!("tunnels to {want:?}"), LONG, || async {
-            let t = self.tunnels().await;
+            // Not there yet (no bridge, OVSDB restarting) is "not yet", not a failure.
+            let t = self.try_tunnels().await.ok().flatten()?;
             let got: BTreeMap<IpAddr, String> = t
                 .iter()
                 .filter(|(_, p)| p.source() == Some(Source::Flaxd))

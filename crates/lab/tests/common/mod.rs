@@ -192,24 +192,56 @@ pub fn ok(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Stderr of a failed run; panics if it succeeded.
+/// Stderr of a run that failed cleanly; panics if it succeeded or panicked (a Rust panic
+/// exits 101 and says "panicked" on stderr): bad use gets a message, never a panic.
 pub fn fails(out: &std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         !out.status.success(),
         "unexpectedly succeeded: {}",
         String::from_utf8_lossy(&out.stdout)
     );
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    assert!(
+        out.status.code() != Some(101) && !stderr.contains("panicked"),
+        "failed by panicking ({}): {stderr}",
+        out.status
+    );
+    stderr
 }
 
-/// Polls `check` until it returns `Some`, for at most `limit`; panics naming
-/// `what` after that.
-pub fn eventually<T>(
-    what: &str,
-    limit: std::time::Duration,
-    check: impl FnMut() -> Option<T>,
-) -> T {
-    linen_lab::wait::until(what, limit, check).unwrap_or_else(|e| panic!("{e}"))
+#[allow(unused_imports)] // Each test binary uses a subset.
+pub use testkit::eventually;
+
+/// How long every pair of a ping matrix has to answer: one deadline for the whole matrix,
+/// so a real failure costs this once, not once per pair.
+pub const PING_WINDOW: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The ping matrix of `state`'s wired pods, each pair retried until it answers or the
+/// matrix's deadline ([`PING_WINDOW`]) passes: a lost first packet on a busy machine is not
+/// a failure, a path that never opens is.
+pub fn ping_matrix(state: &linen_lab::LabState) -> linen_lab::ping::Matrix {
+    let deadline = std::time::Instant::now() + PING_WINDOW;
+    let pods: Vec<linen_lab::Pod> = state.wired_pods().cloned().collect();
+    linen_lab::ping::run_pairs(pods, |pod, ip| {
+        let mut attempts = 0;
+        testkit::try_eventually(
+            format!("{} to answer {ip}", pod.name),
+            deadline.saturating_duration_since(std::time::Instant::now()),
+            || {
+                attempts += 1;
+                linen_lab::ping::ping(pod, ip, 1).map(|_| attempts)
+            },
+        )
+        .ok()
+    })
+}
+
+/// Asserts the whole ping matrix passes within [`PING_WINDOW`]; returns it.
+pub fn pings_pass(state: &linen_lab::LabState) -> linen_lab::ping::Matrix {
+    let matrix = ping_matrix(state);
+    println!("{}", matrix.render());
+    assert!(matrix.passed(), "{}", matrix.render());
+    matrix
 }
 
 /// Linen's tunnels on `node` by remote address (empty without a bridge).

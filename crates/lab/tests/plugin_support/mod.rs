@@ -37,6 +37,9 @@ pub struct Lab {
     pub root: tempfile::TempDir,
 }
 
+/// How long a pair of pods has to answer a ping.
+pub const PING_WINDOW: Duration = Duration::from_secs(30);
+
 pub fn random_suffix() -> String {
     const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
@@ -326,37 +329,27 @@ impl Pod {
         self.ip.expect("pod has no address yet")
     }
 
-    /// One ping, retried a few times to absorb the first ARP round.
+    /// Pings `dst` until it answers or [`PING_WINDOW`] passes (one ping of 1 s at a time):
+    /// a first packet lost to ARP or a busy machine is not a failure.
     pub fn ping(&self, dst: IpAddr) -> bool {
-        (0..3).any(|_| {
+        self.ping_within(dst, PING_WINDOW)
+    }
+
+    /// Pings `dst` until it answers or `limit` passes: also for paths that take time to
+    /// open, such as a bridge whose unreachable controller keeps it from switching until
+    /// OVS's fail-open timer fires.
+    pub fn ping_within(&self, dst: IpAddr, limit: Duration) -> bool {
+        testkit::try_eventually(format!("{} to answer {dst}", self.name), limit, || {
             Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &self.name,
-                    "ping",
-                    "-c1",
-                    "-W1",
-                    &dst.to_string(),
-                ])
+                .args(["netns", "exec", &self.name, "ping", "-c1", "-W1"])
+                .arg(dst.to_string())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
                 .is_ok_and(|s| s.success())
+                .then_some(())
         })
-    }
-
-    /// Pings `dst` until it answers or `limit` passes: for paths that take time to open,
-    /// such as a bridge whose unreachable controller keeps it from switching until OVS's
-    /// fail-open timer fires.
-    pub fn ping_within(&self, dst: IpAddr, limit: Duration) -> bool {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if self.ping(dst) {
-                return true;
-            }
-        }
-        false
+        .is_ok()
     }
 
     /// The pod's eth0 MTU.
@@ -407,64 +400,122 @@ pub fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
+/// How a [`tcp_transfer`] went wrong.
+#[derive(Debug)]
+pub enum TcpFailure {
+    /// Nothing was tried over the overlay's data path: a listener, namespace or connection
+    /// could not be set up.
+    Setup(String),
+    /// Connected, then the bytes stopped moving: a read or write timed out.
+    Stalled(String),
+    /// The connection broke another way (reset), or bytes arrived wrong or short.
+    Broken(String),
+}
+
+/// A completed [`tcp_transfer`].
+#[derive(Debug)]
+pub struct Transfer {
+    pub mbps: f64,
+    /// The sender's segment size (TCP_MAXSEG) after the transfer: pod MTU - 40 (IP and TCP
+    /// headers), less any TCP options.
+    pub mss: u32,
+}
+
+fn io_failure(what: String, e: &std::io::Error) -> TcpFailure {
+    use std::io::ErrorKind::{TimedOut, WouldBlock};
+    let msg = format!("{what}: {e}");
+    if matches!(e.kind(), WouldBlock | TimedOut) {
+        TcpFailure::Stalled(msg)
+    } else {
+        TcpFailure::Broken(msg)
+    }
+}
+
 /// Sends `bytes` over TCP from pod `from` to a listener in pod `to` and checks every byte
-/// arrived in order. Returns the throughput in Mbit/s. With an MTU the tunnel cannot carry,
-/// full-size segments are dropped and this times out.
-pub fn tcp_transfer(from: &Pod, to: &Pod, bytes: usize, timeout: Duration) -> Result<f64, String> {
+/// arrived in order. With an MTU the tunnel cannot carry, full-size segments are dropped and
+/// this stalls. Every wait (accept, connect, each read and write) is bounded by `timeout`.
+pub fn tcp_transfer(
+    from: &Pod,
+    to: &Pod,
+    bytes: usize,
+    timeout: Duration,
+) -> Result<Transfer, TcpFailure> {
+    let setup = |what: &str, e: std::io::Error| TcpFailure::Setup(format!("{what}: {e}"));
     let dst = to.ip();
-    let listener = in_netns(&to.path, || {
-        TcpListener::bind(SocketAddr::new(dst, 0)).map_err(|e| e.to_string())
-    })?;
-    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    let listener = in_netns(&to.path, || TcpListener::bind(SocketAddr::new(dst, 0)))
+        .map_err(|e| setup("bind", e))?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| setup("listener address", e))?
+        .port();
+    // Polled, so a client that never connects cannot leave accept() blocked forever.
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| setup("nonblocking listener", e))?;
     let pattern = |i: usize| (i % 251) as u8;
     std::thread::scope(|s| {
-        let server = s.spawn(move || -> Result<usize, String> {
-            let (mut conn, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
-            conn.set_read_timeout(Some(timeout))
-                .map_err(|e| e.to_string())?;
+        let server = s.spawn(move || -> Result<usize, TcpFailure> {
+            let accepted =
+                testkit::try_eventually("a connection", timeout, || match listener.accept() {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+                    other => Some(other),
+                })
+                .map_err(|e| TcpFailure::Setup(e.to_string()))?;
+            let (mut conn, _) = accepted.map_err(|e| setup("accept", e))?;
+            conn.set_nonblocking(false)
+                .and_then(|()| conn.set_read_timeout(Some(timeout)))
+                .map_err(|e| setup("server socket", e))?;
             let mut got = 0usize;
             let mut buf = vec![0u8; 64 * 1024];
             loop {
                 let n = conn
                     .read(&mut buf)
-                    .map_err(|e| format!("read after {got} bytes: {e}"))?;
+                    .map_err(|e| io_failure(format!("read after {got} bytes"), &e))?;
                 if n == 0 {
                     return Ok(got);
                 }
                 for (k, b) in buf[..n].iter().enumerate() {
                     if *b != pattern(got + k) {
-                        return Err(format!("corrupt byte at {}", got + k));
+                        return Err(TcpFailure::Broken(format!("corrupt byte at {}", got + k)));
                     }
                 }
                 got += n;
             }
         });
         let started = Instant::now();
-        let sent = in_netns(&from.path, || -> Result<(), String> {
+        let sent = in_netns(&from.path, || -> Result<u32, TcpFailure> {
             let mut conn = TcpStream::connect_timeout(&SocketAddr::new(dst, port), timeout)
-                .map_err(|e| format!("connect: {e}"))?;
+                .map_err(|e| setup("connect", e))?;
             conn.set_write_timeout(Some(timeout))
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| setup("client socket", e))?;
             let mut sent = 0usize;
             while sent < bytes {
                 let n = (bytes - sent).min(64 * 1024);
                 let piece: Vec<u8> = (sent..sent + n).map(pattern).collect();
                 conn.write_all(&piece)
-                    .map_err(|e| format!("write after {sent} bytes: {e}"))?;
+                    .map_err(|e| io_failure(format!("write after {sent} bytes"), &e))?;
                 sent += n;
             }
+            let mss = nix::sys::socket::getsockopt(&conn, nix::sys::socket::sockopt::TcpMaxSeg)
+                .map_err(|e| setup("TCP_MAXSEG", e.into()))?;
             conn.shutdown(std::net::Shutdown::Write)
-                .map_err(|e| e.to_string())
+                .map_err(|e| io_failure("shutdown".into(), &e))?;
+            Ok(mss)
         });
-        // On a send failure the server thread ends by itself (reset or read timeout).
-        sent?;
+        // On a send failure the server thread ends by itself (reset, read or accept timeout).
+        let mss = sent?;
         let got = server
             .join()
-            .map_err(|_| "server thread panicked".to_string())??;
+            .map_err(|_| TcpFailure::Broken("server thread panicked".into()))??;
         let secs = started.elapsed().as_secs_f64();
         if got != bytes {
-            return Err(format!("received {got} of {bytes} bytes"));
+            return Err(TcpFailure::Broken(format!(
+                "received {got} of {bytes} bytes"
+            )));
         }
-        Ok(bytes as f64 * 8.0 / secs / 1e6)
+        Ok(Transfer {
+            mbps: bytes as f64 * 8.0 / secs / 1e6,
+            mss,
+        })
     })
 }
