@@ -102,7 +102,10 @@ async fn flaxd_points_the_bridge_at_a_real_controller_that_can_die_and_return() 
     let text = std::fs::read_to_string(&a.conflist).unwrap();
     let conf: serde_json::Value = serde_json::from_str(&text).unwrap();
     let plugin = flaxd::linen::config::LinenConfig::from_json(&conf["plugins"][1]).unwrap();
-    assert_eq!(plugin.bridge_spec().controllers, std::slice::from_ref(&target));
+    assert_eq!(
+        plugin.bridge_spec().controllers,
+        std::slice::from_ref(&target)
+    );
 
     // The controller dies: the bridge stays, standalone, and reports it.
     drop(controller);

@@ -228,7 +228,10 @@ impl Cluster {
         self.state
             .underlay
             .attach(&node.netns, &node.underlay_port)?;
-        Ovs::start(node.netns.clone(), &node.run_dir)?;
+        let ovs = Ovs::start(node.netns.clone(), &node.run_dir)?;
+        if node.controller {
+            ovs.start_controller()?;
+        }
         node.provision(&self.state.name)?;
         match &self.state.etcd {
             None => {

@@ -90,7 +90,7 @@ impl Node {
             .iter()
             .map(ToString::to_string)
             .collect();
-        json!({
+        let mut conf = json!({
             "cniVersion": CNI_VERSION,
             "name": NETWORK_NAME,
             "plugins": [
@@ -109,7 +109,11 @@ impl Node {
                     "datapathType": "netdev",
                 },
             ],
-        })
+        });
+        if self.controller {
+            conf["plugins"][1]["controller"] = json!(crate::ovs::controller_target());
+        }
+        conf
     }
 
     /// Writes [`Node::conflist`] to [`Node::conflist_path`] atomically.

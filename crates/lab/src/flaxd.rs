@@ -177,6 +177,9 @@ pub fn args(node: &Node, etcd: &Etcd) -> Vec<String> {
     if node.role == Role::Hub {
         args.push("--hub".to_owned());
     }
+    if node.controller {
+        args.push(format!("--controller={}", crate::ovs::controller_target()));
+    }
     args
 }
 

@@ -80,6 +80,9 @@ pub struct NodeStatus {
     pub ovs_vswitchd: Option<i32>,
     /// With etcd membership: flaxd's pid if it runs, and its `/healthz`.
     pub flaxd: Option<FlaxdStatus>,
+    /// With `up --controller`: whether the bridge is connected to the node's controller
+    /// (`Some(false)` also when it cannot be read).
+    pub controller_connected: Option<bool>,
     pub tunnels: Tunnels,
 }
 
@@ -165,11 +168,23 @@ pub fn status(dir: &Path) -> Result<Option<(LabState, Vec<NodeStatus>)>> {
                 ovsdb_server,
                 ovs_vswitchd: ovs.pid(Daemon::Vswitchd),
                 flaxd,
+                controller_connected: n
+                    .controller
+                    .then(|| ovsdb_server.is_some() && controller_connected(&ovs)),
                 tunnels: Tunnels::read(n, ovsdb_server.is_some()),
             }
         })
         .collect();
     Ok(Some((state, nodes)))
+}
+
+/// True if ovs-vswitchd reports a Controller row of the node connected.
+pub fn controller_connected(ovs: &crate::Ovs) -> bool {
+    crate::cmd::run(
+        ovs.vsctl()
+            .args(["--bare", "--columns=is_connected", "list", "Controller"]),
+    )
+    .is_ok_and(|out| out.lines().any(|l| l.trim() == "true"))
 }
 
 /// True if every namespace exists and every node's OVS daemons are alive.

@@ -149,13 +149,17 @@ impl Cluster {
             Topology::Mesh => Role::Peer,
             Topology::Hub => Role::Spoke,
         };
-        let node = Node::plan(
-            &self.state.name,
-            index,
-            role,
-            &self.state.dir,
-            self.state.underlay.mtu,
-        );
+        let node = Node {
+            // Like the first node's: the lab was brought up with or without controllers.
+            controller: self.state.nodes.first().is_some_and(|n| n.controller),
+            ..Node::plan(
+                &self.state.name,
+                index,
+                role,
+                &self.state.dir,
+                self.state.underlay.mtu,
+            )
+        };
         self.state.nodes.push(node.clone());
         self.save()?;
         self.start_node(self.state.nodes.len() - 1)?;

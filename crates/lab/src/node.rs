@@ -130,6 +130,10 @@ pub struct Node {
     /// The node's flaxd, in an etcd lab: recorded as soon as it is started.
     #[serde(default)]
     pub flaxd_pid: Option<i32>,
+    /// The node's bridge is pointed at an OpenFlow controller of its own
+    /// (`ovs-testcontroller` on the node's loopback; `up --controller`).
+    #[serde(default)]
+    pub controller: bool,
 }
 
 impl Node {
@@ -155,6 +159,7 @@ impl Node {
             role,
             pods: PodRange::for_node(index),
             flaxd_pid: None,
+            controller: false,
         }
     }
 

@@ -77,18 +77,37 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Daemon {
     OvsdbServer,
     Vswitchd,
+    /// A real OpenFlow controller (Debian's `ovs-testcontroller`, a learning switch) on the
+    /// node's loopback, with `linen-lab up --controller`. Not in [`Daemon::ALL`]: a node
+    /// without one is whole.
+    Controller,
+}
+
+/// Where a node's controller listens, inside the node's namespace.
+pub const CONTROLLER_PORT: u16 = 6653;
+
+/// The OVS controller target of a node's controller (the same on every node).
+pub fn controller_target() -> String {
+    format!("tcp:127.0.0.1:{CONTROLLER_PORT}")
 }
 
 impl Daemon {
+    /// The daemons every node runs.
     pub const ALL: [Daemon; 2] = [Daemon::Vswitchd, Daemon::OvsdbServer];
 
-    /// The program name, which is also its `/proc/PID/comm` and the stem of
-    /// its pid file and unixctl socket.
+    /// The program name, which is also the stem of its pid file and unixctl socket.
     pub fn name(self) -> &'static str {
         match self {
             Daemon::OvsdbServer => "ovsdb-server",
             Daemon::Vswitchd => "ovs-vswitchd",
+            Daemon::Controller => "ovs-testcontroller",
         }
+    }
+
+    /// Its `/proc/PID/comm`: the name, cut to the kernel's 15 bytes.
+    pub fn comm(self) -> &'static str {
+        let name = self.name();
+        &name[..name.len().min(15)]
     }
 }
 
@@ -169,12 +188,33 @@ impl Ovs {
         self.await_ready(Daemon::Vswitchd, || self.answers(Daemon::Vswitchd))
     }
 
+    /// Starts the node's OpenFlow controller (`ovs-testcontroller`, listening on
+    /// [`controller_target`] inside the namespace) and returns once it listens.
+    pub fn start_controller(&self) -> Result<()> {
+        self.run(
+            "bring up the node's loopback",
+            self.netns.command("ip").args(["link", "set", "lo", "up"]),
+        )?;
+        let daemon = Daemon::Controller;
+        let mut ctl = self.in_netns(daemon.name());
+        ctl.args([
+            format!("ptcp:{CONTROLLER_PORT}:127.0.0.1"),
+            format!("--pidfile={}", self.pid_file(daemon).display()),
+            format!("--log-file={}", self.log_file(daemon).display()),
+            // Without it, it tries /var/run/openvswitch whatever OVS_RUNDIR says.
+            format!("--unixctl={}", self.control_socket(daemon).display()),
+            "--detach".into(),
+        ]);
+        self.run("start ovs-testcontroller", &mut ctl)?;
+        self.await_ready(daemon, || self.answers(daemon))
+    }
+
     /// SIGKILLs `daemon`, as a crash would (no cleanup of its own), and
     /// waits until it is gone. Not running is success.
     pub fn kill(&self, daemon: Daemon) -> Result<()> {
         let pid = self.pid(daemon);
         let proof = Proof {
-            comm: daemon.name(),
+            comm: daemon.comm(),
             dir: &self.dir,
         };
         process::stop(pid, proof, Signal::SIGKILL, KILL_GRACE).map_err(|e| match e {
@@ -242,11 +282,23 @@ impl Ovs {
         cmd
     }
 
-    /// `ovs-appctl -t <daemon>` resolved through `OVS_RUNDIR`.
+    /// `ovs-appctl -t <daemon>` resolved through `OVS_RUNDIR` (the controller's by path).
     pub fn appctl(&self, daemon: Daemon) -> Command {
-        let mut cmd = command("ovs-appctl", ["--timeout=2", "-t", daemon.name()]);
+        let target = match daemon {
+            Daemon::Controller => self.control_socket(daemon).display().to_string(),
+            _ => daemon.name().to_owned(),
+        };
+        let mut cmd = command(
+            "ovs-appctl",
+            ["--timeout=2".to_owned(), "-t".into(), target],
+        );
         cmd.envs(self.env());
         cmd
+    }
+
+    /// The unixctl socket of the controller (OVS's daemons name theirs by pid).
+    pub fn control_socket(&self, daemon: Daemon) -> PathBuf {
+        self.dir.join(format!("{}.ctl", daemon.name()))
     }
 
     /// True when `daemon` answers `version` on its unixctl socket.
@@ -260,11 +312,11 @@ impl Ovs {
         is_ours(pid, daemon, &self.dir).then_some(pid)
     }
 
-    /// Stops both daemons: SIGTERM, then SIGKILL after a bounded wait.
-    /// Idempotent: missing pid files and dead processes are success.
+    /// Stops the daemons (the controller too, if it runs): SIGTERM, then SIGKILL after a
+    /// bounded wait. Idempotent: missing pid files and dead processes are success.
     pub fn stop(&self) -> Result<()> {
         let mut first_err = None;
-        for daemon in Daemon::ALL {
+        for daemon in [Daemon::Controller].into_iter().chain(Daemon::ALL) {
             if let Err(e) = self.stop_daemon(daemon)
                 && first_err.is_none()
             {
@@ -330,7 +382,7 @@ fn read_pid(pid_file: &Path) -> Option<i32> {
 /// OVS, never matches.
 fn is_ours(pid: i32, daemon: Daemon, dir: &Path) -> bool {
     Proof {
-        comm: daemon.name(),
+        comm: daemon.comm(),
         dir,
     }
     .holds(pid)

@@ -114,6 +114,16 @@ pub fn nodes_table(nodes: &[NodeStatus]) -> String {
             if let Some(f) = &n.flaxd {
                 row.push(flaxd_cell(f));
             }
+            if let Some(up) = n.controller_connected {
+                row.push(
+                    if up {
+                        "connected: yes"
+                    } else {
+                        "connected: no"
+                    }
+                    .to_owned(),
+                );
+            }
             row
         })
         .collect();
@@ -122,6 +132,9 @@ pub fn nodes_table(nodes: &[NodeStatus]) -> String {
     ];
     if nodes.iter().any(|n| n.flaxd.is_some()) {
         header.push("FLAXD");
+    }
+    if nodes.iter().any(|n| n.controller_connected.is_some()) {
+        header.push("CONTROLLER");
     }
     table(&header, &rows)
 }

@@ -71,6 +71,8 @@ pub struct ClusterSpec {
     pub membership: Membership,
     /// flaxd's etcd lease TTL in seconds, with [`Membership::Etcd`].
     pub lease_ttl: u32,
+    /// Every node's bridge is pointed at a real OpenFlow controller of its own.
+    pub controller: bool,
 }
 
 impl ClusterSpec {
@@ -85,6 +87,7 @@ impl ClusterSpec {
             underlay_mtu: DEFAULT_UNDERLAY_MTU,
             membership: Membership::Static,
             lease_ttl: DEFAULT_LEASE_TTL,
+            controller: false,
         }
     }
 
@@ -125,7 +128,10 @@ impl ClusterSpec {
             .map(|i| {
                 let index = u8::try_from(i).expect("validated: at most MAX_NODES");
                 let role = self.topology.role(index);
-                Node::plan(&self.name, index, role, &dir, self.underlay_mtu)
+                Node {
+                    controller: self.controller,
+                    ..Node::plan(&self.name, index, role, &dir, self.underlay_mtu)
+                }
             })
             .collect();
         LabState {

@@ -74,6 +74,11 @@ struct Shape {
     /// With etcd: seconds a node whose flaxd crashed stays a member.
     #[arg(long, default_value_t = linen_lab::spec::DEFAULT_LEASE_TTL)]
     lease_ttl: u32,
+    /// Point every node's OVS bridge at a real OpenFlow controller of its own
+    /// (ovs-testcontroller, a learning switch, on the node's loopback): set by flaxd
+    /// (--controller) with etcd, by the conflist's `controller` with static membership.
+    #[arg(long)]
+    controller: bool,
 }
 
 impl Shape {
@@ -91,6 +96,7 @@ impl Shape {
                 MembershipArg::Static => Membership::Static,
             },
             lease_ttl: self.lease_ttl,
+            controller: self.controller,
             ..ClusterSpec::new(&lab.name, self.nodes)
         }
     }
