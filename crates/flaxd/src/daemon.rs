@@ -49,6 +49,8 @@ pub struct DaemonConfig {
     /// `linen::config::parse_controller`); empty: none. flaxd owns Linen's controller rows, and
     /// the conflist it writes carries the same targets so the plugin agrees.
     pub controllers: Vec<String>,
+    /// Key, certificate and CA for `ssl:` controllers (the OVS `SSL` row flaxd keeps).
+    pub ssl: Option<linen::model::SslSpec>,
     pub policy: TunnelPolicy,
     /// Where to write the conflist (with the Linux bridge name and underlay MTU it needs).
     pub conflist: Option<ConflistOptions>,
@@ -79,6 +81,7 @@ impl DaemonConfig {
             bridge: linen::config::DEFAULT_BRIDGE.to_owned(),
             datapath: Datapath::System,
             controllers: Vec::new(),
+            ssl: None,
             policy: TunnelPolicy {
                 hub: false,
                 key: linen::config::TunnelKey::Flow,
@@ -184,7 +187,7 @@ impl Daemon {
         )));
         let reconciler = Reconciler::new(
             cfg.reconciler(),
-            OvsOverlay::new(cfg.ovsdb.clone()),
+            OvsOverlay::new(cfg.ovsdb.clone()).with_ssl(cfg.ssl.clone()),
             metrics.clone(),
         );
         tasks.spawn(infallible(reconciler.run(

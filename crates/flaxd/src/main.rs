@@ -73,6 +73,15 @@ struct Args {
     /// (fail_mode=standalone) while no controller is connected.
     #[arg(long, env = "FLAXD_CONTROLLER", value_delimiter = ',')]
     controller: Vec<String>,
+    /// For `ssl:` controllers: this switch's private key (PEM file, read by ovs-vswitchd).
+    #[arg(long, env = "FLAXD_SSL_PRIVATE_KEY", requires_all = ["ssl_certificate", "ssl_ca_cert"])]
+    ssl_private_key: Option<PathBuf>,
+    /// For `ssl:` controllers: this switch's certificate (PEM).
+    #[arg(long, env = "FLAXD_SSL_CERTIFICATE", requires_all = ["ssl_private_key", "ssl_ca_cert"])]
+    ssl_certificate: Option<PathBuf>,
+    /// For `ssl:` controllers: the CA certificate the controller's must chain to (PEM).
+    #[arg(long, env = "FLAXD_SSL_CA_CERT", requires_all = ["ssl_private_key", "ssl_certificate"])]
+    ssl_ca_cert: Option<PathBuf>,
     /// A fixed pod subnet for this node (default: allocated by etcd, or the Node's podCIDR,
     /// or this node's entry in the peer file).
     #[arg(long, env = "FLAXD_POD_CIDR")]
@@ -186,15 +195,36 @@ async fn main() -> Result<()> {
         DatapathArg::Netdev => Datapath::Netdev,
     };
     cfg.policy = TunnelPolicy { hub: args.hub, key };
+    // An empty value (FLAXD_CONTROLLER="") means none.
     cfg.controllers = args
         .controller
         .iter()
+        .filter(|t| !t.is_empty())
         .map(|t| {
             flaxd::linen::config::parse_controller(t).with_context(|| format!("--controller {t:?}"))
         })
         .collect::<Result<Vec<_>>>()?;
     cfg.controllers.sort();
     cfg.controllers.dedup();
+    if let (Some(key), Some(cert), Some(ca)) = (
+        &args.ssl_private_key,
+        &args.ssl_certificate,
+        &args.ssl_ca_cert,
+    ) {
+        // ovs-vswitchd reads them: absolute paths, files that exist now.
+        let path = |p: &PathBuf, what: &str| -> Result<String> {
+            let abs =
+                std::fs::canonicalize(p).with_context(|| format!("{what} {}", p.display()))?;
+            abs.to_str()
+                .map(str::to_owned)
+                .with_context(|| format!("{what} {} is not UTF-8", abs.display()))
+        };
+        cfg.ssl = Some(flaxd::linen::model::SslSpec {
+            private_key: path(key, "--ssl-private-key")?,
+            certificate: path(cert, "--ssl-certificate")?,
+            ca_cert: path(ca, "--ssl-ca-cert")?,
+        });
+    }
     cfg.cluster_cidr = args.cluster_cidr;
     cfg.pod_cidr = args.pod_cidr;
     cfg.metrics_addr = Some(args.metrics_addr);

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use linen::model::{BridgeSpec, PlanError, Source, TunnelSpec};
+use linen::model::{BridgeSpec, PlanError, Source, SslSpec, TunnelSpec};
 use linen::ovs::{Ensured, Ovs, OvsError};
 
 /// Applies the overlay's desired state.
@@ -30,6 +30,8 @@ pub trait Overlay: Send + Sync + 'static {
 /// after any connection failure, so an ovsdb-server restart heals by itself.
 pub struct OvsOverlay {
     addr: String,
+    /// The SSL settings for `ssl:` controllers, kept with every pass like the bridge.
+    ssl: Option<SslSpec>,
     conn: tokio::sync::Mutex<Option<Ovs>>,
 }
 
@@ -38,8 +40,16 @@ impl OvsOverlay {
     pub fn new(addr: impl Into<String>) -> Self {
         OvsOverlay {
             addr: addr.into(),
+            ssl: None,
             conn: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// Also keeps the `Open_vSwitch` table's SSL row at `ssl` (see
+    /// [`linen::ovs::Ovs::ensure_ssl`]).
+    pub fn with_ssl(mut self, ssl: Option<SslSpec>) -> Self {
+        self.ssl = ssl;
+        self
     }
 
     async fn connection(&self) -> Result<Ovs, OvsError> {
@@ -61,7 +71,13 @@ impl Overlay for OvsOverlay {
         prune: Option<Source>,
     ) -> Result<Ensured, OvsError> {
         let ovs = self.connection().await?;
-        let res = ovs.ensure(bridge, tunnels, prune).await;
+        let res = match &self.ssl {
+            Some(ssl) => match ovs.ensure_ssl(ssl).await {
+                Ok(_) => ovs.ensure(bridge, tunnels, prune).await,
+                Err(e) => Err(e),
+            },
+            None => ovs.ensure(bridge, tunnels, prune).await,
+        };
         if matches!(res, Err(OvsError::Contended { .. })) && !has_root_row(&ovs).await {
             // Every write then matches no Open_vSwitch row and looks like a lost race.
             tracing::error!(

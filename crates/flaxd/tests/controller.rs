@@ -21,13 +21,19 @@ struct TestController {
 
 impl TestController {
     fn start(netns: &str, port: u16) -> Self {
+        Self::start_with(netns, &format!("ptcp:{port}:127.0.0.1"), &[])
+    }
+
+    /// Listening on `listen` (`ptcp:` or `pssl:`), with extra options (SSL files).
+    fn start_with(netns: &str, listen: &str, extra: &[String]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("flaxd-ctl-")
             .tempdir()
             .unwrap();
         let child = Command::new(program("ip"))
             .args(["netns", "exec", netns, "ovs-testcontroller"])
-            .arg(format!("ptcp:{port}:127.0.0.1"))
+            .arg(listen)
+            .args(extra)
             // Without --unixctl it tries /var/run/openvswitch.
             .arg(format!(
                 "--unixctl={}",
@@ -147,5 +153,186 @@ async fn flaxd_points_the_bridge_at_a_real_controller_that_can_die_and_return() 
         (all.contains("tcp:127.0.0.1:1") && all.contains(&target)).then_some(())
     })
     .await;
+    d.shutdown().await.unwrap();
+}
+
+/// A CA, and a key and certificate it signed for each of `names`, in `dir` (openssl).
+fn pki(dir: &std::path::Path, names: &[&str]) {
+    let openssl = |args: &[&str]| {
+        run(Command::new("openssl").current_dir(dir).args(args));
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca-key.pem",
+        "-out",
+        "ca.pem",
+        "-subj",
+        "/CN=linen-test-ca",
+        "-days",
+        "1",
+    ]);
+    for name in names {
+        let (key, csr, cert) = (
+            format!("{name}-key.pem"),
+            format!("{name}.csr"),
+            format!("{name}-cert.pem"),
+        );
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &format!("/CN={name}"),
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-out",
+            &cert,
+            "-days",
+            "1",
+        ]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ssl_controller_connects_with_the_keys_flaxd_gives_ovs() {
+    init_logs();
+    let a = Node::new("a", "192.0.2.1");
+    run(Command::new(program("ip")).args(["-n", a.ovs.netns(), "link", "set", "lo", "up"]));
+    let pki_dir = tempfile::Builder::new()
+        .prefix("flaxd-pki-")
+        .tempdir()
+        .unwrap();
+    pki(pki_dir.path(), &["switch", "controller", "stranger"]);
+    let file = |f: &str| pki_dir.path().join(f).display().to_string();
+    let port = free_port();
+    let target = format!("ssl:127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let peers = dir.path().join("peers.yaml");
+    write_peers(&peers, MESH);
+    let mut cfg = a.config();
+    cfg.controllers = vec![target.clone()];
+    cfg.ssl = Some(flaxd::linen::model::SslSpec {
+        private_key: file("switch-key.pem"),
+        certificate: file("switch-cert.pem"),
+        ca_cert: file("ca.pem"),
+    });
+    let pssl = |dir: &std::path::Path| {
+        TestController::start_with(
+            a.ovs.netns(),
+            &format!("pssl:{port}:127.0.0.1"),
+            &[
+                format!("--private-key={}", dir.join("controller-key.pem").display()),
+                format!(
+                    "--certificate={}",
+                    dir.join("controller-cert.pem").display()
+                ),
+                format!("--ca-cert={}", dir.join("ca.pem").display()),
+            ],
+        )
+    };
+    let controller = TestController::start_with(
+        a.ovs.netns(),
+        &format!("pssl:{port}:127.0.0.1"),
+        &[
+            format!("--private-key={}", file("controller-key.pem")),
+            format!("--certificate={}", file("controller-cert.pem")),
+            format!("--ca-cert={}", file("ca.pem")),
+        ],
+    );
+    let d = a.start_file(&peers, cfg).await;
+    eventually("the bridge to connect over SSL", LONG, || async {
+        let m = d.metrics();
+        (m.controllers_connected.load(Ordering::Relaxed) == 1).then_some(())
+    })
+    .await;
+    // The SSL row is flaxd's, with the files it was given.
+    let ssl = a.ovs.vsctl(&[
+        "--columns=private_key,certificate,ca_cert,external_ids",
+        "list",
+        "SSL",
+    ]);
+    assert!(
+        ssl.contains(&file("switch-key.pem")) && ssl.contains("linen-owner"),
+        "{ssl}"
+    );
+    d.shutdown().await.unwrap();
+
+    // A switch key the controller's CA did not sign: flaxd writes it, and the controller
+    // refuses the connection (the check is real, not a formality).
+    let other = tempfile::Builder::new()
+        .prefix("flaxd-pki-")
+        .tempdir()
+        .unwrap();
+    pki(other.path(), &["switch"]);
+    let mut cfg = a.config();
+    cfg.controllers = vec![target.clone()];
+    cfg.ssl = Some(flaxd::linen::model::SslSpec {
+        private_key: other.path().join("switch-key.pem").display().to_string(),
+        certificate: other.path().join("switch-cert.pem").display().to_string(),
+        ca_cert: file("ca.pem"),
+    });
+    let d = a.start_file(&peers, cfg).await;
+    eventually("flaxd to replace its SSL row", LONG, || async {
+        a.ovs
+            .vsctl(&["--columns=private_key", "list", "SSL"])
+            .contains(&other.path().display().to_string())
+            .then_some(())
+    })
+    .await;
+    // A new connection (the controller restarts) must use the new key: refused, and OVS
+    // says why.
+    drop(controller);
+    let _controller = pssl(pki_dir.path());
+    eventually("the controller to refuse the stranger", LONG, || async {
+        let status = a.ovs.vsctl(&["--columns=status", "list", "Controller"]);
+        (d.metrics().controllers_connected.load(Ordering::Relaxed) == 0
+            && status.contains("last_error"))
+        .then_some(())
+    })
+    .await;
+    d.shutdown().await.unwrap();
+
+    // An SSL row Linen did not create is never touched: flaxd reports it instead.
+    a.ovs.vsctl(&["del-ssl"]);
+    a.ovs.vsctl(&[
+        "set-ssl",
+        "/nonexistent/key.pem",
+        "/nonexistent/cert.pem",
+        "/nonexistent/ca.pem",
+    ]);
+    let mut cfg = a.config();
+    cfg.ssl = Some(flaxd::linen::model::SslSpec {
+        private_key: file("switch-key.pem"),
+        certificate: file("switch-cert.pem"),
+        ca_cert: file("ca.pem"),
+    });
+    let d = a.start_file(&peers, cfg).await;
+    eventually("flaxd to report the foreign SSL row", LONG, || async {
+        d.metrics()
+            .health()
+            .err()
+            .filter(|e| e.contains("SSL row Linen did not create"))
+    })
+    .await;
+    assert!(a.ovs.vsctl(&["get-ssl"]).contains("/nonexistent/key.pem"));
     d.shutdown().await.unwrap();
 }

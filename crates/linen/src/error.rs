@@ -103,8 +103,8 @@ impl Error {
                     | OvsError::Contended { .. },
                     _,
                 ) => E::TRY_AGAIN_LATER,
-                (OvsError::Conflict(_), _) => code::CONFLICT,
-                (OvsError::Ovsdb { .. }, _) => code::OVSDB_FAILED,
+                (OvsError::Conflict(_) | OvsError::ForeignSsl { .. }, _) => code::CONFLICT,
+                (OvsError::Ovsdb { .. } | OvsError::NoRootRow, _) => code::OVSDB_FAILED,
             },
             Error::Config(_)
             | Error::NotChained

@@ -58,6 +58,21 @@ impl Source {
     }
 }
 
+/// The key, certificate and CA (file paths) ovs-vswitchd uses for `ssl:` controller targets:
+/// the `SSL` row the `Open_vSwitch` table's `ssl` column points at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SslSpec {
+    pub private_key: String,
+    pub certificate: String,
+    pub ca_cert: String,
+}
+
+impl SslSpec {
+    pub fn external_ids() -> BTreeMap<String, String> {
+        owned_ids("ssl")
+    }
+}
+
 /// The bridge Linen wants.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BridgeSpec {

@@ -10,13 +10,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ovsdb::vswitch::wait::bump_next_cfg;
-use ovsdb::vswitch::{self, Bridge, Controller, Interface, Port, Table};
+use ovsdb::vswitch::{self, Bridge, Controller, Interface, OpenVSwitch, Port, Ssl, Table};
 use ovsdb::{Atom, Client, Condition, Datum, Mutation, Operation, Row, WaitUntil};
 use uuid::Uuid;
 
 use crate::model::{
     self, BridgeSpec, FAIL_MODE, ObservedBridge, ObservedController, ObservedInterface,
-    ObservedPort, Op, PlanError, PortsElsewhere, Source, TunnelSpec,
+    ObservedPort, Op, PlanError, PortsElsewhere, Source, SslSpec, TunnelSpec,
 };
 
 /// How often a transaction that lost a race is retried from a fresh read.
@@ -40,6 +40,14 @@ pub enum OvsError {
     },
     #[error(transparent)]
     Conflict(#[from] PlanError),
+    #[error(
+        "the Open_vSwitch table points at an SSL row Linen did not create (key {private_key}); Linen leaves it alone: remove it (ovs-vsctl del-ssl) or drop flaxd's --ssl-* settings"
+    )]
+    ForeignSsl { private_key: String },
+    #[error(
+        "the OVS database has no Open_vSwitch row (creating it is the packaging's job: ovs-vsctl init)"
+    )]
+    NoRootRow,
     #[error("OVSDB kept changing under {what} ({MAX_ATTEMPTS} attempts); giving up")]
     Contended { what: String },
     #[error(
@@ -222,6 +230,108 @@ impl Ovs {
         }
         Err(OvsError::Contended {
             what: format!("bridge {}", spec.name),
+        })
+    }
+
+    /// Makes the `Open_vSwitch` table's `ssl` row hold `spec` (for `ssl:` controllers): inserts
+    /// Linen's row if there is none, updates it if it differs, and refuses (changing nothing)
+    /// when a row Linen did not create is set. Returns whether it wrote; waits until
+    /// ovs-vswitchd has applied a write.
+    pub async fn ensure_ssl(&self, spec: &SslSpec) -> Result<bool> {
+        for _ in 0..MAX_ATTEMPTS {
+            let ops = vec![
+                Operation::select(OpenVSwitch::NAME, vec![]).columns(["_uuid", "ssl"]),
+                select::<Ssl>(vec![]),
+            ];
+            let res = self.transact(ops, "read of the SSL settings").await?;
+            let rows = |i: usize| res.get(i).and_then(|r| r.rows.as_deref()).unwrap_or(&[]);
+            let decode = |e| OvsError::Ovsdb {
+                step: "decoding rows",
+                source: e,
+            };
+            let Some(root) = rows(0).first() else {
+                return Err(OvsError::NoRootRow);
+            };
+            let root_uuid = root.uuid().unwrap_or_else(Uuid::nil);
+            let current = root
+                .get("ssl")
+                .and_then(Datum::as_uuids)
+                .unwrap_or_default();
+            let rows_by_uuid: BTreeMap<Uuid, Ssl> = Ssl::from_select(rows(1))
+                .map_err(decode)?
+                .into_iter()
+                .map(|r| (r.uuid, r))
+                .collect();
+            let want = Ssl {
+                private_key: spec.private_key.clone(),
+                certificate: spec.certificate.clone(),
+                ca_cert: spec.ca_cert.clone(),
+                external_ids: SslSpec::external_ids(),
+                ..Default::default()
+            };
+            let existing = current.first().and_then(|u| rows_by_uuid.get(u));
+            if let Some(row) = existing {
+                if !model::is_owned(&row.external_ids) {
+                    return Err(OvsError::ForeignSsl {
+                        private_key: row.private_key.clone(),
+                    });
+                }
+                if (Ssl {
+                    uuid: row.uuid,
+                    ..want.clone()
+                }) == *row
+                {
+                    return Ok(false);
+                }
+            }
+            // The write goes through only if the root row still points where it was read.
+            let mut ops = vec![
+                Operation::wait(
+                    OpenVSwitch::NAME,
+                    vec![Condition::uuid(root_uuid)],
+                    vec!["ssl".to_owned()],
+                    WaitUntil::Equal,
+                    vec![Row::new().with("ssl", current.as_slice())],
+                )
+                .timeout_ms(0),
+            ];
+            match existing {
+                Some(row) => ops.push(Operation::update(
+                    Ssl::NAME,
+                    vec![Condition::uuid(row.uuid)],
+                    want.to_row(),
+                )),
+                None => {
+                    ops.push(Operation::insert(Ssl::NAME, want.to_row()).uuid_name("linen_ssl"));
+                    ops.push(Operation::update(
+                        OpenVSwitch::NAME,
+                        vec![Condition::uuid(root_uuid)],
+                        Row::new().with("ssl", Datum::named_uuid("linen_ssl")),
+                    ));
+                }
+            }
+            let next_cfg = bump_next_cfg(&mut ops);
+            match self.client.transact(vswitch::DB, ops).await {
+                Ok(res) => {
+                    let target = next_cfg.target(&res).map_err(|source| OvsError::Ovsdb {
+                        step: "reading next_cfg",
+                        source,
+                    })?;
+                    self.wait_applied(target).await?;
+                    tracing::info!(key = %spec.private_key, "SSL settings written");
+                    return Ok(true);
+                }
+                Err(e) if e.is_timed_out() || e.is_constraint_violation() => continue,
+                Err(source) => {
+                    return Err(OvsError::Ovsdb {
+                        step: "transaction",
+                        source,
+                    });
+                }
+            }
+        }
+        Err(OvsError::Contended {
+            what: "the SSL settings".into(),
         })
     }
 

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::datum::{Datum, Row};
 use crate::error::{Error, Result};
 
-pub use rows::{Bridge, Controller, Interface, OpenVSwitch, Port};
+pub use rows::{Bridge, Controller, Interface, OpenVSwitch, Port, Ssl};
 pub use wait::NextCfg;
 
 /// The database name.

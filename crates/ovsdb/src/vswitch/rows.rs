@@ -240,6 +240,46 @@ impl Table for Controller {
     }
 }
 
+/// The `SSL` table: the key, certificate and CA that ovs-vswitchd uses for `ssl:` controller
+/// and manager connections, pointed at by the root row's `ssl` column.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Ssl {
+    pub uuid: Uuid,
+    pub private_key: String,
+    pub certificate: String,
+    pub ca_cert: String,
+    pub external_ids: BTreeMap<String, String>,
+}
+
+impl Table for Ssl {
+    const NAME: &'static str = "SSL";
+    const COLUMNS: &'static [&'static str] =
+        &["private_key", "certificate", "ca_cert", "external_ids"];
+
+    fn from_row(uuid: Uuid, row: &Row) -> Result<Self> {
+        let c = Columns {
+            table: Self::NAME,
+            uuid,
+            row,
+        };
+        Ok(Ssl {
+            uuid,
+            private_key: c.string("private_key")?,
+            certificate: c.string("certificate")?,
+            ca_cert: c.string("ca_cert")?,
+            external_ids: c.string_map("external_ids")?,
+        })
+    }
+
+    fn to_row(&self) -> Row {
+        Row::new()
+            .with("private_key", &self.private_key)
+            .with("certificate", &self.certificate)
+            .with("ca_cert", &self.ca_cert)
+            .with("external_ids", &self.external_ids)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
