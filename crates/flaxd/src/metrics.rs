@@ -32,6 +32,11 @@ pub struct Metrics {
     pub source_synced: AtomicBool,
     pub ovsdb_connected: AtomicBool,
     pub conflist_writes: AtomicU64,
+    /// Times this node's member record was found deleted or overwritten and put back.
+    pub record_restores: AtomicU64,
+    /// Why this node is not a member right now (its record was deleted or overwritten and is
+    /// not back yet); `None` while it is, or when the source registers nothing.
+    not_member: Mutex<Option<String>>,
     /// Why the last reconcile failed; `None` after a success or before the first one.
     last_error: Mutex<Option<String>>,
     /// Why this node's pod subnet is refused (another node holds it); `None` when it is not.
@@ -74,11 +79,32 @@ impl Metrics {
             .clone()
     }
 
-    /// Healthy once a reconcile pass has succeeded and the last one did, and this node's pod
-    /// subnet is not refused.
+    /// Records that this node's member record is lost (`Some`) or in place again (`None`);
+    /// a loss followed by its restore counts in `record_restores`.
+    pub fn set_not_member(&self, why: Option<String>) {
+        let mut slot = self.not_member.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_some() && why.is_none() {
+            self.record_restores.fetch_add(1, Ordering::Relaxed);
+        }
+        *slot = why;
+    }
+
+    /// Why this node is not a member right now, if it is not.
+    pub fn not_member(&self) -> Option<String> {
+        self.not_member
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Healthy once a reconcile pass has succeeded and the last one did, this node's pod
+    /// subnet is not refused, and its member record is in place.
     pub fn health(&self) -> Result<(), String> {
         if let Some(why) = self.pod_cidr_conflict() {
             return Err(format!("pod CIDR conflict: {why}"));
+        }
+        if let Some(why) = self.not_member() {
+            return Err(format!("not a member: {why}"));
         }
         if let Some(e) = self
             .last_error
@@ -171,6 +197,18 @@ impl Metrics {
             "gauge",
             "1 while this node's pod subnet overlaps another node's allocation (not joining).",
             u64::from(self.pod_cidr_conflict().is_some()).to_string(),
+        );
+        metric(
+            "flaxd_member_record_lost",
+            "gauge",
+            "1 while this node's member record is deleted or overwritten and not yet put back.",
+            u64::from(self.not_member().is_some()).to_string(),
+        );
+        metric(
+            "flaxd_member_record_restores_total",
+            "counter",
+            "Times this node's member record was found deleted or overwritten and put back.",
+            n(&self.record_restores).to_string(),
         );
         metric(
             "flaxd_conflist_writes_total",
