@@ -41,6 +41,11 @@ pub struct Metrics {
     /// Linen's controller rows on the bridge, and how many ovs-vswitchd reports connected.
     pub controllers: AtomicU64,
     pub controllers_connected: AtomicU64,
+    /// Times this node's member record was found deleted or overwritten and put back.
+    pub record_restores: AtomicU64,
+    /// Why this node is not a member right now (its record was deleted or overwritten and is
+    /// not back yet); `None` while it is, or when the source registers nothing.
+    not_member: Mutex<Option<String>>,
     /// Why the last reconcile failed; `None` after a success or before the first one.
     last_error: Mutex<Option<String>>,
     /// Why this node's pod subnet is refused (another node holds it); `None` when it is not.
@@ -69,6 +74,8 @@ impl Default for Metrics {
             conflist_writes: AtomicU64::new(0),
             controllers: AtomicU64::new(0),
             controllers_connected: AtomicU64::new(0),
+            record_restores: AtomicU64::new(0),
+            not_member: Mutex::new(None),
             last_error: Mutex::new(None),
             pod_cidr_conflict: Mutex::new(None),
             reconciled_once: AtomicBool::new(false),
@@ -111,11 +118,32 @@ impl Metrics {
             .clone()
     }
 
-    /// Healthy once a reconcile pass has succeeded and the last one did, and this node's pod
-    /// subnet is not refused.
+    /// Records that this node's member record is lost (`Some`) or in place again (`None`);
+    /// a loss followed by its restore counts in `record_restores`.
+    pub fn set_not_member(&self, why: Option<String>) {
+        let mut slot = self.not_member.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_some() && why.is_none() {
+            self.record_restores.fetch_add(1, Ordering::Relaxed);
+        }
+        *slot = why;
+    }
+
+    /// Why this node is not a member right now, if it is not.
+    pub fn not_member(&self) -> Option<String> {
+        self.not_member
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Healthy once a reconcile pass has succeeded and the last one did, this node's pod
+    /// subnet is not refused, and its member record is in place.
     pub fn health(&self) -> Result<(), String> {
         if let Some(why) = self.pod_cidr_conflict() {
             return Err(format!("pod CIDR conflict: {why}"));
+        }
+        if let Some(why) = self.not_member() {
+            return Err(format!("not a member: {why}"));
         }
         if let Some(e) = self
             .last_error
@@ -188,6 +216,16 @@ impl Metrics {
                 "conflist_writes",
                 "Times the CNI conflist was (re)written.",
                 n(&self.conflist_writes),
+            ),
+            Value::gauge(
+                "member_record_lost",
+                "1 while this node's member record is deleted or overwritten and not yet put back.",
+                u64::from(self.not_member().is_some()),
+            ),
+            Value::counter(
+                "member_record_restores",
+                "Times this node's member record was found deleted or overwritten and put back.",
+                n(&self.record_restores),
             ),
             Value::gauge(
                 "controllers",

@@ -132,8 +132,7 @@ async fn a_deleted_or_overwritten_record_is_put_back() {
     b.ovs.await_tunnels(&[("a", "192.0.2.1")]).await;
     let mut kv = etcd.client().await;
     let (lease, _, value) = record(&mut kv, "a").await.expect("a's record");
-
-    for how in ["deleted", "overwritten", "moved off its lease"] {
+    for (restores, how) in (1..).zip(["deleted", "overwritten", "moved off its lease"]) {
         let key = node_key("/linen", "a");
         match how {
             "deleted" => drop(kv.delete(key, None).await.unwrap()),
@@ -152,6 +151,11 @@ async fn a_deleted_or_overwritten_record_is_put_back() {
         .await;
         eprintln!("record {how}: back in {:.2}s", t.elapsed().as_secs_f64());
         b.ovs.await_tunnels(&[("a", "192.0.2.1")]).await;
+        eventually("the restore counted", LONG, || async {
+            (da.metrics().record_restores.load(Ordering::Relaxed) == restores).then_some(())
+        })
+        .await;
+        assert_eq!(da.metrics().not_member(), None);
     }
     da.shutdown().await.unwrap();
     db.shutdown().await.unwrap();

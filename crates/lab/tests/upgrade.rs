@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestLab, assert_nothing_left};
+use common::{TestLab, assert_nothing_left, lab_cli_env, ok};
 use linen_lab::flaxd::Health;
 use linen_lab::stream::Stream;
 use linen_lab::{Cluster, LabState, Pod, StopMode, ping};
@@ -90,5 +90,83 @@ fn a_flaxd_restart_or_crash_within_the_ttl_loses_no_packets() {
     }
 
     cluster.down().expect("down");
+    assert_nothing_left(&lab);
+}
+
+/// The plugin replaced the way Linen's docs and DaemonSet do it
+/// (`scripts/install-cni.sh`: a temporary file in the plugin directory
+/// renamed over the binary) again and again while pods are added and deleted
+/// through it: no ADD or DEL fails.
+#[test]
+fn replacing_the_plugin_under_an_add_del_loop_fails_no_add() {
+    let lab = TestLab::new();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/install-cni.sh");
+    let linen = linen_lab::pod::plugin_dirs().expect("the linen plugin")[0].join("linen");
+    let bins = tempfile::tempdir().unwrap();
+    let install = || {
+        let out = std::process::Command::new(&script)
+            .arg(bins.path())
+            .arg(&linen)
+            .output()
+            .expect("run install-cni.sh");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    install();
+    let dir = bins.path().to_string_lossy().into_owned();
+    let env = [("LINEN_BIN_DIR", dir.as_str())];
+    ok(&lab_cli_env(
+        &lab,
+        &[
+            "up",
+            "--nodes",
+            "2",
+            "--pods-per-node",
+            "0",
+            "--membership",
+            "static",
+        ],
+        &env,
+    ));
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let rounds = 15;
+    let installs = std::thread::scope(|s| {
+        let installer = s.spawn(|| {
+            let mut n = 0u32;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                install();
+                n += 1;
+            }
+            n
+        });
+        for _ in 0..rounds {
+            let out = lab_cli_env(&lab, &["add-pod", "n1"], &env);
+            if !out.status.success() {
+                done.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            ok(&out);
+            let state = linen_lab::load(&lab.dir()).unwrap().expect("state");
+            let pods: Vec<String> = state.pods.iter().map(Pod::short_name).collect();
+            for p in pods {
+                let out = lab_cli_env(&lab, &["del-pod", &p], &env);
+                if !out.status.success() {
+                    done.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                ok(&out);
+            }
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        installer.join().unwrap()
+    });
+    eprintln!("{rounds} ADD + DEL while the plugin was replaced {installs} times: 0 failed");
+    assert!(
+        installs >= rounds as u32,
+        "the installs overlapped the calls: {installs}"
+    );
+    ok(&lab_cli_env(&lab, &["down"], &env));
     assert_nothing_left(&lab);
 }

@@ -326,7 +326,7 @@ impl EtcdSource {
         let mut lease = None;
         tokio::select! {
             _ = shutdown.cancelled() => {}
-            _ = register::keep_registered(client.clone(), &reg, &mut lease) => {}
+            _ = register::keep_registered(client.clone(), &reg, &mut lease, self.metrics.as_deref()) => {}
             _ = follow_members(client.clone(), &self.cfg.prefix, &publisher, None, shutdown.clone()) => {}
         }
         // A restart is not a departure: the record stays under its lease, renewed once more

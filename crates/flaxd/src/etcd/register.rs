@@ -16,6 +16,7 @@ use etcd_client::{Client, EventType, PutOptions, WatchOptions};
 
 use super::{EtcdError, node_key, timed};
 use crate::backoff::Backoff;
+use crate::metrics::Metrics;
 
 /// The bound on the last renewal on shutdown.
 const LAST_RENEWAL: Duration = Duration::from_secs(2);
@@ -37,15 +38,21 @@ impl Registration {
 
 /// Keeps the record present, ours and under a live lease, forever. `lease` holds the lease
 /// in use, so that the caller can renew it one last time on shutdown.
+/// A record found deleted or overwritten makes the node "not a member" in `metrics`
+/// (`/healthz` 503) until it is back.
 pub(crate) async fn keep_registered(
     mut client: Client,
     reg: &Registration,
     lease: &mut Option<i64>,
+    metrics: Option<&Metrics>,
 ) -> Infallible {
     let period = reg.period();
     let mut backoff = Backoff::new(Duration::from_millis(100), period);
     loop {
-        let Err(e) = register_and_renew(&mut client, reg, lease, &mut backoff).await;
+        let Err(e) = register_and_renew(&mut client, reg, lease, &mut backoff, metrics).await;
+        if let (EtcdError::RecordLost { .. }, Some(m)) = (&e, metrics) {
+            m.set_not_member(Some(e.to_string()));
+        }
         tracing::warn!(error = %crate::reconcile::error_chain(&e), "etcd registration interrupted; registering again");
         backoff.wait().await;
     }
@@ -59,6 +66,7 @@ async fn register_and_renew(
     reg: &Registration,
     lease: &mut Option<i64>,
     backoff: &mut Backoff,
+    metrics: Option<&Metrics>,
 ) -> Result<Infallible, EtcdError> {
     let key = reg.key.as_str();
     let current = timed("read of this node's record", client.get(key, None)).await?;
@@ -90,6 +98,9 @@ async fn register_and_renew(
         let resp = timed("registration", put).await?;
         revision = resp.header().map_or(revision, |h| h.revision());
         tracing::info!(key, lease = adopted, ttl = reg.ttl, "registered in etcd");
+    }
+    if let Some(m) = metrics {
+        m.set_not_member(None);
     }
     let registered = Instant::now();
     let (mut keeper, mut renewals) =
