@@ -17,9 +17,19 @@ cargo clippy --workspace --all-targets --release -- -D warnings
 # compiled twice.
 export LINEN_BIN_DIR="$PWD/target/release"
 
-echo "== build and run the tests (release)"
+echo "== build (release) and sweep what killed runs left"
+cargo build --workspace --release --bins
+# Namespaces, daemons, mounts and temp dirs named lnt<pid>-... whose test process is gone.
+./scripts/sweep-test-leftovers.sh
+
+echo "== run the tests (release)"
+status=0
 if command -v cargo-nextest >/dev/null 2>&1; then
-  cargo nextest run --workspace --release --no-fail-fast
+  cargo nextest run --workspace --release --no-fail-fast || status=$?
 else
-  cargo test --workspace --release --no-fail-fast
+  cargo test --workspace --release --no-fail-fast || status=$?
 fi
+
+echo "== check that the run left nothing behind"
+./scripts/sweep-test-leftovers.sh --check || status=1
+exit "$status"
