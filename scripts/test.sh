@@ -17,15 +17,25 @@ cargo clippy --workspace --all-targets --release -- -D warnings
 # compiled twice.
 export LINEN_BIN_DIR="$PWD/target/release"
 
+echo "== build (release) and sweep what killed runs left"
+cargo build --workspace --release --bins
+# Namespaces, daemons, mounts and temp dirs named lnt<pid>-... whose test process is gone.
+./scripts/sweep-test-leftovers.sh
+
 # What Linen ships, built as it ships (static, stripped; scripts/build-dist.sh) into the OCI
 # image archive (scripts/build-image.sh), which the image test imports into containerd.
 echo "== build the image"
 LINEN_IMAGE=$(./scripts/build-image.sh)
 export LINEN_IMAGE
 
-echo "== build and run the tests (release)"
+echo "== run the tests (release)"
+status=0
 if command -v cargo-nextest >/dev/null 2>&1; then
-  cargo nextest run --workspace --release --no-fail-fast
+  cargo nextest run --workspace --release --no-fail-fast || status=$?
 else
-  cargo test --workspace --release --no-fail-fast
+  cargo test --workspace --release --no-fail-fast || status=$?
 fi
+
+echo "== check that the run left nothing behind"
+./scripts/sweep-test-leftovers.sh --check || status=1
+exit "$status"

@@ -4,7 +4,7 @@
 //! shared and noisy.
 
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
@@ -42,12 +42,21 @@ fn quick_suite_reports_every_section() {
         "no linen binary in {}: run `cargo build --release --bins` (same profile) or set LINEN_BIN_DIR",
         bins.display()
     );
-    let out = tempfile::tempdir().expect("temp dir");
-    let run = Command::new(env!("CARGO_BIN_EXE_linen-bench"))
-        .args(["--quick", "--out"])
+    let out = testkit::tempdir().expect("temp dir");
+    // The bench's own temporary directories (its lab's among them) go inside one of ours,
+    // so a killed run's are found and swept by their `lnt<pid>-` name.
+    let tmp = testkit::tempdir().expect("temp dir");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_linen-bench"));
+    cmd.args(["--quick", "--out"])
         .arg(out.path())
         .env("LINEN_BIN_DIR", &bins)
-        .output()
+        .env("TMPDIR", tmp.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // Killed with this test (nextest's timeout, Ctrl-C); scripts/test.sh sweeps its lab.
+    let run = testkit::process::spawn(cmd)
+        .and_then(|c| c.wait_with_output())
         .expect("run linen-bench");
     let stdout = String::from_utf8_lossy(&run.stdout);
     let stderr = String::from_utf8_lossy(&run.stderr);

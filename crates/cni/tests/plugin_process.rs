@@ -81,7 +81,7 @@ fn main() {
     // One copy of this binary serves every test: copying it while another test thread
     // forks would leak the copy's write descriptor into that child and make the exec
     // fail with ETXTBSY ("text file busy").
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = testkit::tempdir().expect("temp dir");
     let bin = dir.path().join("bin");
     std::fs::create_dir(&bin).expect("plugin dir");
     std::fs::copy(

@@ -84,10 +84,10 @@ impl World {
             (std::process::id() ^ nanos ^ (seq << 20)) & 0xff_ffff
         );
         Self {
-            node: Netns::new(format!("linen-t-{id}-node")),
-            pod: Netns::new(format!("linen-t-{id}-pod")),
+            node: Netns::new(testkit::name(&format!("cni{id}-node"))),
+            pod: Netns::new(testkit::name(&format!("cni{id}-pod"))),
             subnet: 10 + seq,
-            dir: tempfile::tempdir().unwrap(),
+            dir: testkit::tempdir().unwrap(),
             id,
         }
     }

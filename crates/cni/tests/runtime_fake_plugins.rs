@@ -17,7 +17,7 @@ struct Fixture {
 impl Fixture {
     fn new() -> Self {
         let f = Self {
-            dir: tempfile::tempdir().unwrap(),
+            dir: testkit::tempdir().unwrap(),
         };
         fs::create_dir(f.bin()).unwrap();
         f

@@ -27,11 +27,11 @@ impl TestController {
     /// Listening on `listen` (`ptcp:` or `pssl:`), with extra options (SSL files).
     fn start_with(netns: &str, listen: &str, extra: &[String]) -> Self {
         let dir = tempfile::Builder::new()
-            .prefix("flaxd-ctl-")
+            .prefix(&testkit::name("flaxd-ctl-"))
             .tempdir()
             .unwrap();
-        let child = Command::new(program("ip"))
-            .args(["netns", "exec", netns, "ovs-testcontroller"])
+        let mut cmd = Command::new(program("ip"));
+        cmd.args(["netns", "exec", netns, "ovs-testcontroller"])
             .arg(listen)
             .args(extra)
             // Without --unixctl it tries /var/run/openvswitch.
@@ -41,8 +41,9 @@ impl TestController {
             ))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
+            .stderr(Stdio::null());
+        // Dies with the test process, however it ends.
+        let child = testkit::process::spawn(cmd)
             .expect("ovs-testcontroller (installed by scripts/install-deps.sh)");
         TestController { child, _dir: dir }
     }
@@ -62,7 +63,7 @@ async fn flaxd_points_the_bridge_at_a_real_controller_that_can_die_and_return() 
     run(Command::new(program("ip")).args(["-n", a.ovs.netns(), "link", "set", "lo", "up"]));
     let port = free_port();
     let target = format!("tcp:127.0.0.1:{port}");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = testkit::tempdir().unwrap();
     let peers = dir.path().join("peers.yaml");
     write_peers(&peers, MESH);
     let mut cfg = a.config();
@@ -218,14 +219,14 @@ async fn an_ssl_controller_connects_with_the_keys_flaxd_gives_ovs() {
     let a = Node::new("a", "192.0.2.1");
     run(Command::new(program("ip")).args(["-n", a.ovs.netns(), "link", "set", "lo", "up"]));
     let pki_dir = tempfile::Builder::new()
-        .prefix("flaxd-pki-")
+        .prefix(&testkit::name("flaxd-pki-"))
         .tempdir()
         .unwrap();
     pki(pki_dir.path(), &["switch", "controller", "stranger"]);
     let file = |f: &str| pki_dir.path().join(f).display().to_string();
     let port = free_port();
     let target = format!("ssl:127.0.0.1:{port}");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = testkit::tempdir().unwrap();
     let peers = dir.path().join("peers.yaml");
     write_peers(&peers, MESH);
     let mut cfg = a.config();
@@ -279,7 +280,7 @@ async fn an_ssl_controller_connects_with_the_keys_flaxd_gives_ovs() {
     // A switch key the controller's CA did not sign: flaxd writes it, and the controller
     // refuses the connection (the check is real, not a formality).
     let other = tempfile::Builder::new()
-        .prefix("flaxd-pki-")
+        .prefix(&testkit::name("flaxd-pki-"))
         .tempdir()
         .unwrap();
     pki(other.path(), &["switch"]);

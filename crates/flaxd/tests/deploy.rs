@@ -294,7 +294,7 @@ fn manifests_pass_an_offline_schema_validator() {
     );
 
     // The validator does reject what the API server would: a field the schema lacks.
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = testkit::tempdir().unwrap();
     let broken = tmp.path().join("broken.yaml");
     std::fs::write(
         &broken,

@@ -12,7 +12,7 @@ use common::{LONG, Node, eventually, init_logs, write_peers};
 async fn tunnels_follow_the_peer_file() {
     init_logs();
     let a = Node::new("a", "192.0.2.1");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = testkit::tempdir().unwrap();
     let peers = dir.path().join("peers.yaml");
     write_peers(
         &peers,

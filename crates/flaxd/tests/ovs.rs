@@ -28,7 +28,7 @@ async fn await_ofports(node: &Node, ports: &[&str]) {
 async fn a_crashed_vswitchd_gets_its_tunnels_back() {
     init_logs();
     let mut a = Node::new("a", "192.0.2.1");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = testkit::tempdir().unwrap();
     let peers = dir.path().join("peers.yaml");
     write_peers(&peers, MESH);
     let d = a.start_file(&peers, a.config()).await;
@@ -48,7 +48,7 @@ async fn a_crashed_vswitchd_gets_its_tunnels_back() {
 async fn an_ovsdb_restart_even_on_an_empty_database_is_healed() {
     init_logs();
     let mut a = Node::new("a", "192.0.2.1");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = testkit::tempdir().unwrap();
     let peers = dir.path().join("peers.yaml");
     write_peers(&peers, MESH);
     let d = a.start_file(&peers, a.config()).await;
@@ -77,7 +77,7 @@ async fn an_ovsdb_restart_even_on_an_empty_database_is_healed() {
 async fn a_restarted_flaxd_converges_without_recreating_anything() {
     init_logs();
     let a = Node::new("a", "192.0.2.1");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = testkit::tempdir().unwrap();
     let peers = dir.path().join("peers.yaml");
     write_peers(&peers, MESH);
     let mut cfg = a.config();
@@ -148,7 +148,7 @@ async fn a_foreign_port_holding_a_tunnel_name_is_never_touched() {
     let foreign = |what: &str| a.ovs.vsctl(&["get", "Port", "vxif192_0_2_3", what]);
     let (uuid, ids) = (foreign("_uuid"), foreign("external_ids"));
 
-    let dir = tempfile::tempdir().unwrap();
+    let dir = testkit::tempdir().unwrap();
     let peers = dir.path().join("peers.yaml");
     write_peers(&peers, MESH);
     let d = a.start_file(&peers, a.config()).await;

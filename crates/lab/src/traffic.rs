@@ -3,6 +3,7 @@
 //! rate parsed from the client's JSON report.
 
 use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
@@ -126,17 +127,27 @@ pub fn tcp(server: &Netns, ip: Ipv4Addr, client: &Netns, seconds: u32) -> Result
     }
     let addr = ip.to_string();
     let port = PORT.to_string();
-    let child = server
-        .command("iperf3")
+    let mut command = server.command("iperf3");
+    command
         .args(["-s", "-1", "-B", &addr, "-p", &port])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|source| Error::Server {
-            netns: server.name().to_owned(),
-            source,
-        })?;
+        .stderr(Stdio::null());
+    // The server lives only for this call, which runs on this thread: if this process is
+    // killed before `Server`'s drop runs, the kernel kills the server too, instead of it
+    // waiting for a client forever in the namespace.
+    // SAFETY: the closure runs between fork and exec and only calls prctl, which is
+    // async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let child = command.spawn().map_err(|source| Error::Server {
+        netns: server.name().to_owned(),
+        source,
+    })?;
     let _server = Server(child);
     let sport = format!("sport = :{PORT}");
     wait::until("iperf3 to listen", LISTEN_TIMEOUT, || {

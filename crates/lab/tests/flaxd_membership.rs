@@ -161,7 +161,7 @@ fn a_missing_etcd_or_flaxd_is_named_before_anything_is_created() {
         "{err}"
     );
     // linen is there, flaxd is not.
-    let bins = tempfile::tempdir().unwrap();
+    let bins = testkit::tempdir().unwrap();
     let linen = std::env::current_exe()
         .unwrap()
         .parent()

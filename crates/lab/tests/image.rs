@@ -90,7 +90,7 @@ struct Containerd {
 impl Containerd {
     fn start() -> Self {
         let dir = tempfile::Builder::new()
-            .prefix("linen-ctrd-")
+            .prefix(&testkit::name("ctrd-"))
             .tempdir()
             .expect("temp dir");
         let d = dir.path();
@@ -114,8 +114,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         )
         .unwrap();
         let log = std::fs::File::create(d.join("containerd.log")).unwrap();
-        let daemon = Command::new("unshare")
-            .args(["--mount", "--propagation", "slave", "sh", "-c"])
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "slave", "sh", "-c"])
             .arg(
                 "mkdir -p /run/containerd && mount -t tmpfs linen-test /run/containerd && \
                  exec containerd --config \"$0\"",
@@ -123,8 +123,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .arg(&config)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
+            .stderr(log);
+        // Dies with the test process, however it ends (its shims are found by directory).
+        let daemon = testkit::process::spawn(cmd)
             .expect("start containerd (installed by scripts/install-deps.sh)");
         let ctrd = Containerd { dir, daemon };
         eventually("containerd to serve", Duration::from_secs(20), || {
@@ -238,7 +239,7 @@ fn the_image_imports_installs_the_plugins_and_runs_flaxd_on_a_lab_node() {
     assert_eq!(listed.trim(), image_name());
 
     // The install step, as the init container runs it.
-    let host = tempfile::tempdir().unwrap();
+    let host = testkit::tempdir().unwrap();
     let bin = host.path().join("opt/cni/bin");
     let conf = host.path().join("etc/cni/net.d");
     std::fs::create_dir_all(&bin).unwrap();

@@ -49,7 +49,7 @@ impl Podman {
     /// from `plugin_dirs`, and a busybox image tarball to import.
     fn new(conflist: &serde_json::Value, plugin_dirs: &[PathBuf]) -> Self {
         let podman = Podman {
-            dir: tempfile::tempdir().expect("temp dir"),
+            dir: testkit::tempdir().expect("temp dir"),
         };
         let d = podman.dir.path();
         for sub in ["net.d", "root", "runroot", "tmp", "runc", "rootfs/bin"] {

@@ -74,7 +74,9 @@ impl OvsdbServer {
 
     /// Like [`OvsdbServer::start`], with extra ovsdb-server arguments (e.g. more `--remote`s).
     pub fn start_with_args(extra: &[&str]) -> io::Result<OvsdbServer> {
-        let dir = tempfile::Builder::new().prefix("ovsdb-t-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix(&testkit::name("ovsdb-"))
+            .tempdir()?;
         let d = dir.path();
         let db = d.join("conf.db");
         let mut create = command("ovsdb-tool", d);
@@ -87,11 +89,11 @@ impl OvsdbServer {
             .arg(format!("--unixctl={}", d.join("ovsdb.ctl").display()))
             .arg(format!("--log-file={}", d.join("ovsdb.log").display()))
             .args(extra);
-        let child = cmd
-            .stdin(Stdio::null())
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
+            .stderr(Stdio::null());
+        // Killed with the test process, also when no destructor runs (a killed test).
+        let child = testkit::process::spawn(cmd)?;
         let server = OvsdbServer {
             dir,
             child: Some(child),
@@ -176,11 +178,12 @@ pub struct Vswitchd {
 }
 
 impl Vswitchd {
-    /// Creates namespace `<prefix><random>` and starts ovs-vswitchd in it. Its files go to the
+    /// Creates namespace `lnt<pid>-<prefix><random>` ([`testkit::name`], so a killed run's is
+    /// swept) and starts ovs-vswitchd in it. Its files go to the
     /// server's directory. Returns once its pidfile exists; wait for `cur_cfg` to know it has
     /// read the database.
     pub fn start(server: &OvsdbServer, netns_prefix: &str) -> io::Result<Vswitchd> {
-        let netns = format!("{netns_prefix}{}", random_suffix());
+        let netns = testkit::name(&format!("{netns_prefix}{}", random_suffix()));
         let d = server.dir();
         let mut add = command("ip", d);
         add.args(["netns", "add", &netns]);
@@ -202,7 +205,8 @@ impl Vswitchd {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        guard.child = Some(cmd.spawn()?);
+        // `ip netns exec` execs ovs-vswitchd, which keeps the parent-death signal.
+        guard.child = Some(testkit::process::spawn(cmd)?);
         try_eventually(
             format!("ovs-vswitchd pidfile {}", pidfile.display()),
             Duration::from_secs(10),

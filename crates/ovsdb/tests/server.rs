@@ -446,7 +446,7 @@ async fn server_killed_ends_pending_calls_and_monitors_with_closed() {
 
 #[tokio::test]
 async fn connect_to_a_missing_socket_names_the_address() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = testkit::tempdir().expect("tempdir");
     let addr = format!("unix:{}/nope.sock", dir.path().display());
     let err = Client::connect(&addr).await.expect_err("no socket");
     match &err {

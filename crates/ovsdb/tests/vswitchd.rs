@@ -82,7 +82,7 @@ fn link_exists(netns: &str, dev: &str) -> bool {
 async fn vswitchd_applies_changes_and_reports_ofports() {
     let server = OvsdbServer::start().expect("ovsdb-server");
     server.vsctl(&["init"]).expect("ovs-vsctl init");
-    let vswitchd = Vswitchd::start(&server, "linen-t-").expect("ovs-vswitchd in a netns");
+    let vswitchd = Vswitchd::start(&server, "ovs-").expect("ovs-vswitchd in a netns");
     let client = Client::connect(&server.unix_addr()).await.expect("connect");
 
     // A bare bump: returns once ovs-vswitchd has read the database and applied it.

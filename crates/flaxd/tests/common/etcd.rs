@@ -39,7 +39,7 @@ impl Etcd {
     async fn cluster_at(client_ports: &[u16]) -> Etcd {
         let n = client_ports.len();
         let dir = tempfile::Builder::new()
-            .prefix("flaxd-etcd-")
+            .prefix(&testkit::name("flaxd-etcd-"))
             .tempdir()
             .unwrap();
         let token = format!("flx-{}", suffix());
@@ -53,8 +53,8 @@ impl Etcd {
         let mut members = Vec::new();
         for (name, (client, peer)) in names.iter().zip(&ports) {
             let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
-            let child = Command::new(program("etcd"))
-                .args(["--name", name])
+            let mut cmd = Command::new(program("etcd"));
+            cmd.args(["--name", name])
                 .arg("--data-dir")
                 .arg(dir.path().join(name))
                 .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
@@ -72,9 +72,9 @@ impl Etcd {
                 ])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("etcd");
+                .stderr(log);
+            // Killed with the test process, also when no destructor runs (a killed test).
+            let child = testkit::process::spawn(cmd).expect("etcd");
             members.push(EtcdMember {
                 name: name.clone(),
                 client: *client,

@@ -22,7 +22,7 @@ pub struct Node {
 impl Node {
     pub fn new(name: &str, vtep: &str) -> Node {
         let dir = tempfile::Builder::new()
-            .prefix("flaxd-node-")
+            .prefix(&testkit::name("flaxd-node-"))
             .tempdir()
             .unwrap();
         Node {
@@ -123,12 +123,18 @@ impl Node {
 /// A plain HTTP/1.0 GET on loopback; returns (status, body).
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
+    // Bounded: a server that accepts and never answers fails the test instead of hanging it.
+    let buf = tokio::time::timeout(LONG, async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await.unwrap();
+        buf
+    })
+    .await
+    .unwrap_or_else(|_| panic!("GET {path} from {addr}: no answer within {LONG:?}"));
     let status = buf
         .split_whitespace()
         .nth(1)

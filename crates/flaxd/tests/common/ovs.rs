@@ -11,7 +11,7 @@ use flaxd::linen::ovs::Ovs;
 use super::{BRIDGE, LONG, SCHEMA, eventually, kill, program, run, suffix};
 
 /// One simulated node's Open vSwitch: ovsdb-server on `<dir>/db.sock`, ovs-vswitchd inside
-/// namespace `flx-<random>`.
+/// namespace `lnt<pid>-flx<random>` ([`testkit::name`]: a killed run's is swept).
 pub struct OvsNode {
     dir: tempfile::TempDir,
     netns: String,
@@ -22,10 +22,10 @@ pub struct OvsNode {
 impl OvsNode {
     pub fn start() -> OvsNode {
         let dir = tempfile::Builder::new()
-            .prefix("flaxd-ovs-")
+            .prefix(&testkit::name("flaxd-ovs-"))
             .tempdir()
             .unwrap();
-        let netns = format!("flx-{}", suffix());
+        let netns = testkit::name(&format!("flx{}", suffix()));
         run(Command::new(program("ip")).args(["netns", "add", &netns]));
         let mut node = OvsNode {
             dir,
@@ -59,17 +59,17 @@ impl OvsNode {
 
     pub fn start_ovsdb(&mut self) {
         let d = self.dir.path();
-        let child = Command::new(program("ovsdb-server"))
-            .arg(d.join("conf.db"))
+        let mut cmd = Command::new(program("ovsdb-server"));
+        cmd.arg(d.join("conf.db"))
             .arg(format!("--remote=punix:{}", d.join("db.sock").display()))
             .arg(format!("--pidfile={}", d.join("ovsdb.pid").display()))
             .arg(format!("--unixctl={}", d.join("ovsdb.ctl").display()))
             .arg(format!("--log-file={}", d.join("ovsdb.log").display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("ovsdb-server");
+            .stderr(Stdio::null());
+        // Killed with the test process, also when no destructor runs (a killed test).
+        let child = testkit::process::spawn(cmd).expect("ovsdb-server");
         self.ovsdb = Some(child);
         let sock = d.join("db.sock");
         testkit::eventually(
@@ -100,8 +100,8 @@ impl OvsNode {
         let d = self.dir.path();
         let pidfile = d.join("vswitchd.pid");
         let _ = std::fs::remove_file(&pidfile);
-        let child = Command::new(program("ip"))
-            .args(["netns", "exec", &self.netns])
+        let mut cmd = Command::new(program("ip"));
+        cmd.args(["netns", "exec", &self.netns])
             .arg(program("ovs-vswitchd"))
             .arg(self.addr())
             .arg(format!("--pidfile={}", pidfile.display()))
@@ -109,9 +109,9 @@ impl OvsNode {
             .arg(format!("--log-file={}", d.join("vswitchd.log").display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("ovs-vswitchd");
+            .stderr(Stdio::null());
+        // `ip netns exec` execs ovs-vswitchd, which keeps the parent-death signal.
+        let child = testkit::process::spawn(cmd).expect("ovs-vswitchd");
         self.vswitchd = Some(child);
         testkit::eventually(
             format!("ovs-vswitchd pidfile {}", pidfile.display()),

@@ -8,7 +8,6 @@ use std::process::Command;
 
 use linen_lab::overlay::Tunnel;
 use linen_lab::{ClusterSpec, Daemon, Membership, Node, netns};
-use rand::Rng;
 
 /// A lab name no other test (or run) uses, and a temp directory for it.
 pub struct TestLab {
@@ -19,14 +18,9 @@ pub struct TestLab {
 impl TestLab {
     pub fn new() -> Self {
         init_tracing();
-        const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-        let mut rng = rand::rng();
-        let suffix: String = (0..6)
-            .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
-            .collect();
         Self {
-            name: format!("lt{suffix}"),
-            root: tempfile::tempdir().expect("temp dir"),
+            name: testkit::unique_name(),
+            root: testkit::tempdir().expect("temp dir"),
         }
     }
 

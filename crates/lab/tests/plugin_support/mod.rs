@@ -57,8 +57,8 @@ impl Lab {
                     .unwrap_or_else(|_| "warn".into()),
             )
             .try_init();
-        let name = format!("lp{}", random_suffix());
-        let root = tempfile::tempdir().expect("temp dir");
+        let name = testkit::unique_name();
+        let root = testkit::tempdir().expect("temp dir");
         // Nodes only: each test makes its own pods with its own conflists.
         let spec = ClusterSpec {
             dir: Some(root.path().join(&name)),
@@ -169,12 +169,11 @@ impl Lab {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd
-            .stdin(Stdio::piped())
+        cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn plugin");
+            .stderr(Stdio::piped());
+        // A plugin hung on a dead OVSDB dies with the test, not after it.
+        let mut child = testkit::process::spawn(cmd).expect("spawn plugin");
         child
             .stdin
             .take()
