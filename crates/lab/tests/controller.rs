@@ -114,3 +114,90 @@ fn pods_ping_through_a_real_controller_and_survive_its_death() {
     ok(&lab_cli(&lab, &["down"]));
     assert_nothing_left(&lab);
 }
+
+/// Static membership (the conflist's `controller`, written by the lab, set by the plugin on
+/// ADD) and a hub-and-spoke layout: three nodes, every bridge at its own controller, the
+/// spokes' pods reach each other through the hub.
+#[test]
+fn static_hub_and_spoke_with_controllers_pings_through_the_hub() {
+    let lab = TestLab::new();
+    ok(&lab_cli(
+        &lab,
+        &[
+            "up",
+            "--nodes",
+            "3",
+            "--pods-per-node",
+            "1",
+            "--topology",
+            "hub",
+            "--membership",
+            "static",
+            "--controller",
+        ],
+    ));
+    let s = state(&lab);
+    for node in &s.nodes {
+        let conf = std::fs::read_to_string(node.conflist_path()).unwrap();
+        assert!(
+            conf.contains(&linen_lab::ovs::controller_target()),
+            "{conf}"
+        );
+    }
+    eventually(
+        "every bridge to connect to its controller",
+        Duration::from_secs(30),
+        || {
+            let (_, nodes) = linen_lab::status(&lab.dir()).unwrap().unwrap();
+            nodes
+                .iter()
+                .all(|n| n.controller_connected == Some(true))
+                .then_some(())
+        },
+    );
+    for node in &s.nodes {
+        let rows = common::run(node.ovs().vsctl().args([
+            "--bare",
+            "--columns=_uuid",
+            "list",
+            "Controller",
+        ]));
+        assert_eq!(
+            rows.lines().filter(|l| !l.trim().is_empty()).count(),
+            1,
+            "{}: {rows}",
+            node.name
+        );
+    }
+    pings_pass(&s);
+    ok(&lab_cli(&lab, &["down"]));
+    assert_nothing_left(&lab);
+}
+
+/// A full mesh of three bridges, each at its own learning-switch controller: pods on every
+/// node reach each other through the controllers' flows.
+#[test]
+fn a_three_node_mesh_with_controllers_pings() {
+    let lab = TestLab::new();
+    ok(&lab_cli(
+        &lab,
+        &["up", "--nodes", "3", "--pods-per-node", "1", "--controller"],
+    ));
+    let s = state(&lab);
+    eventually(
+        "every bridge to connect to its controller",
+        Duration::from_secs(30),
+        || {
+            let (_, nodes) = linen_lab::status(&lab.dir()).unwrap().unwrap();
+            nodes
+                .iter()
+                .all(|n| n.controller_connected == Some(true))
+                .then_some(())
+        },
+    );
+    pings_pass(&s);
+    let table = flows(s.node("n3").unwrap());
+    assert!(!table.contains("actions=NORMAL"), "{table}");
+    ok(&lab_cli(&lab, &["down"]));
+    assert_nothing_left(&lab);
+}
