@@ -18,7 +18,9 @@ cargo clippy --workspace --all-targets --release -- -D warnings
 export LINEN_BIN_DIR="$PWD/target/release"
 
 echo "== build (release) and sweep what killed runs left"
-cargo build --workspace --release --bins
+# The test targets and, for them, every binary (the same features nextest builds with, so
+# nothing is compiled twice); the sweep tears leftover labs down with linen-lab.
+cargo build --workspace --release --tests
 # Namespaces, daemons, mounts and temp dirs named lnt<pid>-... whose test process is gone.
 ./scripts/sweep-test-leftovers.sh
 

@@ -42,6 +42,15 @@ fn quick_suite_reports_every_section() {
         "no linen binary in {}: run `cargo build --release --bins` (same profile) or set LINEN_BIN_DIR",
         bins.display()
     );
+    // This build's binaries only: not installed ones, not ones older than their sources.
+    testkit::binary::require_fresh_build(&bins.join("linen"), testkit::binary::LINEN_CRATES);
+    let flaxd = bins.join("flaxd");
+    assert!(
+        flaxd.is_file(),
+        "missing prerequisite: no flaxd in {}",
+        bins.display()
+    );
+    testkit::binary::require_fresh_build(&flaxd, testkit::binary::FLAXD_CRATES);
     let out = testkit::tempdir().expect("temp dir");
     // The bench's own temporary directories (its lab's among them) go inside one of ours,
     // so a killed run's are found and swept by their `lnt<pid>-` name.

@@ -6,7 +6,9 @@
 //! - [`eventually`] / [`try_eventually`]: poll a condition until a deadline, naming what was
 //!   awaited when it does not come; [`Poll`] is the same policy for async callers.
 //! - [`process`]: children that die with the test process, even when it is killed.
+//! - [`binary`]: the binaries under test are this build's, not installed or stale ones.
 
+pub mod binary;
 pub mod process;
 pub mod require;
 mod wait;

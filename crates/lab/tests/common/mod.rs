@@ -18,6 +18,7 @@ pub struct TestLab {
 impl TestLab {
     pub fn new() -> Self {
         init_tracing();
+        require_this_build();
         Self {
             name: testkit::unique_name(),
             root: testkit::tempdir().expect("temp dir"),
@@ -77,6 +78,16 @@ impl Drop for TestLab {
     /// Best effort if an assertion failed half-way: leave nothing behind.
     fn drop(&mut self) {
         let _ = linen_lab::down(&self.name, &self.dir());
+    }
+}
+
+/// Refuses (panics) when the `linen` the lab would run, or a `flaxd` it finds, is installed
+/// in a system directory or older than its sources: the test would pass on old code.
+pub fn require_this_build() {
+    let dirs = linen_lab::pod::plugin_dirs().unwrap_or_else(|e| panic!("{e}"));
+    testkit::binary::require_fresh_build(&dirs[0].join("linen"), testkit::binary::LINEN_CRATES);
+    if let Ok(flaxd) = linen_lab::flaxd::binary() {
+        testkit::binary::require_fresh_build(&flaxd, testkit::binary::FLAXD_CRATES);
     }
 }
 

@@ -22,8 +22,11 @@ use serde_json::{Value, json};
 
 /// CNI_PATH for the tests: the directory holding this build's `linen` first (the lab's own
 /// search: `LINEN_BIN_DIR`, else next to the test binary's directory), then the system's.
+/// Refuses (panics) a `linen` installed in a system directory or older than its sources.
 pub fn plugin_dirs() -> Vec<PathBuf> {
-    linen_lab::pod::plugin_dirs().unwrap_or_else(|e| panic!("{e}"))
+    let dirs = linen_lab::pod::plugin_dirs().unwrap_or_else(|e| panic!("{e}"));
+    testkit::binary::require_fresh_build(&dirs[0].join("linen"), testkit::binary::LINEN_CRATES);
+    dirs
 }
 
 pub fn linen_bin() -> PathBuf {
@@ -50,6 +53,7 @@ pub fn random_suffix() -> String {
 
 impl Lab {
     pub fn up(nodes: usize, topology: Topology) -> Lab {
+        plugin_dirs(); // this build's linen, or refuse
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
             .with_env_filter(
