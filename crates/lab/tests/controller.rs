@@ -26,17 +26,8 @@ fn flows(node: &Node) -> String {
     )
 }
 
-#[test]
-fn pods_ping_through_a_real_controller_and_survive_its_death() {
-    let lab = TestLab::new();
-    let up = ok(&lab_cli(
-        &lab,
-        &["up", "--nodes", "2", "--pods-per-node", "1", "--controller"],
-    ));
-    let s = state(&lab);
-    assert!(s.nodes.iter().all(|n| n.controller), "{up}");
-
-    // flaxd set the controller; every bridge connects, and `status` says so.
+/// Waits until every node's bridge reports its controller connected (`status`).
+fn await_controllers(lab: &TestLab) {
     eventually(
         "every bridge to connect to its controller",
         Duration::from_secs(30),
@@ -48,6 +39,20 @@ fn pods_ping_through_a_real_controller_and_survive_its_death() {
                 .then_some(())
         },
     );
+}
+
+#[test]
+fn pods_ping_through_a_real_controller_and_survive_its_death() {
+    let lab = TestLab::new();
+    let up = ok(&lab_cli(
+        &lab,
+        &["up", "--nodes", "2", "--pods-per-node", "1", "--controller"],
+    ));
+    let s = state(&lab);
+    assert!(s.nodes.iter().all(|n| n.controller), "{up}");
+
+    // flaxd set the controller; every bridge connects, and `status` says so.
+    await_controllers(&lab);
     let status = ok(&lab_cli(&lab, &["status"]));
     assert!(status.contains("CONTROLLER"), "{status}");
     assert_eq!(status.matches("connected: yes").count(), 2, "{status}");
@@ -144,17 +149,7 @@ fn static_hub_and_spoke_with_controllers_pings_through_the_hub() {
             "{conf}"
         );
     }
-    eventually(
-        "every bridge to connect to its controller",
-        Duration::from_secs(30),
-        || {
-            let (_, nodes) = linen_lab::status(&lab.dir()).unwrap().unwrap();
-            nodes
-                .iter()
-                .all(|n| n.controller_connected == Some(true))
-                .then_some(())
-        },
-    );
+    await_controllers(&lab);
     for node in &s.nodes {
         let rows = common::run(node.ovs().vsctl().args([
             "--bare",
@@ -184,17 +179,7 @@ fn a_three_node_mesh_with_controllers_pings() {
         &["up", "--nodes", "3", "--pods-per-node", "1", "--controller"],
     ));
     let s = state(&lab);
-    eventually(
-        "every bridge to connect to its controller",
-        Duration::from_secs(30),
-        || {
-            let (_, nodes) = linen_lab::status(&lab.dir()).unwrap().unwrap();
-            nodes
-                .iter()
-                .all(|n| n.controller_connected == Some(true))
-                .then_some(())
-        },
-    );
+    await_controllers(&lab);
     pings_pass(&s);
     let table = flows(s.node("n3").unwrap());
     assert!(!table.contains("actions=NORMAL"), "{table}");
