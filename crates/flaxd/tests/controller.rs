@@ -71,6 +71,7 @@ async fn flaxd_points_the_bridge_at_a_real_controller_that_can_die_and_return() 
     // A pod subnet, so flaxd writes the conflist.
     cfg.pod_cidr = Some("10.244.1.0/24".parse().unwrap());
     let controller = TestController::start(a.ovs.netns(), port);
+    let started = std::time::Instant::now();
     let d = a.start_file(&peers, cfg).await;
     a.ovs.await_tunnels(&[("b", "192.0.2.2")]).await;
 
@@ -91,6 +92,11 @@ async fn flaxd_points_the_bridge_at_a_real_controller_that_can_die_and_return() 
         connected(true)
     })
     .await;
+    // A figure for the reader, not a bound.
+    println!(
+        "flaxd started -> bridge connected: {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     assert_eq!(a.ovs.vsctl(&["get-controller", "br0"]).trim(), target);
     assert_eq!(
         a.ovs.vsctl(&["get", "Bridge", "br0", "fail_mode"]).trim(),
@@ -129,7 +135,13 @@ async fn flaxd_points_the_bridge_at_a_real_controller_that_can_die_and_return() 
     // It comes back: the bridge reconnects by itself; flaxd needed to change nothing.
     let reconciles = d.metrics().reconciles.load(Ordering::Relaxed);
     let _controller = TestController::start(a.ovs.netns(), port);
+    let back = std::time::Instant::now();
     eventually("the bridge to reconnect", LONG, || connected(true)).await;
+    // A figure for the reader (OVS's reconnection backoff), not a bound.
+    println!(
+        "controller back -> reconnected: {:.1}s",
+        back.elapsed().as_secs_f64()
+    );
     let uuid = a.ovs.vsctl(&["--columns=_uuid", "list", "Controller"]);
     assert_eq!(uuid.lines().count(), 1, "still one Controller row: {uuid}");
     // Connection changes alone do not make flaxd reconcile.
