@@ -21,7 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use common::{TestLab, alive_in, assert_nothing_left, eventually, remotes_of, tunnels_of};
-use linen_lab::{Cluster, StopMode, ping};
+use linen_lab::{Cluster, StopMode};
 
 /// The name build-image.sh gives the image.
 fn image_name() -> String {
@@ -377,13 +377,14 @@ fn the_image_imports_installs_the_plugins_and_runs_flaxd_on_a_lab_node() {
         Duration::from_secs(20),
         || (n2.flaxd_health() == linen_lab::flaxd::Health::Healthy).then_some(()),
     );
-    let mut last = String::new();
-    let passed = linen_lab::wait::until("the ping matrix to pass", Duration::from_secs(20), || {
-        let m = ping::run(&state);
-        last = m.render();
-        m.passed().then_some(())
-    });
-    assert!(passed.is_ok(), "{last}\nflaxd log:\n{}", log_text());
+    // The kit's matrix (each pair retried until one deadline), with flaxd's log on failure.
+    let matrix = common::ping_matrix(&state);
+    assert!(
+        matrix.passed(),
+        "{}\nflaxd log:\n{}",
+        matrix.render(),
+        log_text()
+    );
     // Logs for a collector: no ANSI colour codes in a container's log.
     let text = log_text();
     assert!(text.contains("flaxd starting"), "{text}");

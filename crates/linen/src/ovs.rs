@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ovsdb::vswitch::wait::bump_next_cfg;
+use ovsdb::vswitch::wait::{NextCfg, bump_next_cfg};
 use ovsdb::vswitch::{self, Bridge, Controller, Interface, OpenVSwitch, Port, Ssl, Table};
 use ovsdb::{Atom, Client, Condition, Datum, Mutation, Operation, Row, WaitUntil};
 use uuid::Uuid;
@@ -205,11 +205,7 @@ impl Ovs {
                         tracing::debug!("bridge changed during the write; retrying");
                         continue;
                     }
-                    let target = next_cfg.target(&res).map_err(|source| OvsError::Ovsdb {
-                        step: "reading next_cfg",
-                        source,
-                    })?;
-                    self.wait_applied(target).await?;
+                    self.wait_applied(&next_cfg, &res).await?;
                     return Ok(Ensured { applied: plan });
                 }
                 Err(e)
@@ -313,11 +309,7 @@ impl Ovs {
             let next_cfg = bump_next_cfg(&mut ops);
             match self.client.transact(vswitch::DB, ops).await {
                 Ok(res) => {
-                    let target = next_cfg.target(&res).map_err(|source| OvsError::Ovsdb {
-                        step: "reading next_cfg",
-                        source,
-                    })?;
-                    self.wait_applied(target).await?;
+                    self.wait_applied(&next_cfg, &res).await?;
                     tracing::info!(key = %spec.private_key, "SSL settings written");
                     return Ok(true);
                 }
@@ -341,14 +333,16 @@ impl Ovs {
         let mut ops = Vec::new();
         let next_cfg = bump_next_cfg(&mut ops);
         let res = self.transact(ops, "bump of next_cfg").await?;
-        let target = next_cfg.target(&res).map_err(|source| OvsError::Ovsdb {
+        self.wait_applied(&next_cfg, &res).await
+    }
+
+    /// Waits until ovs-vswitchd has applied the transaction whose results are `res`, in
+    /// which `next_cfg` was bumped.
+    async fn wait_applied(&self, next_cfg: &NextCfg, res: &[ovsdb::OpResult]) -> Result<()> {
+        let target = next_cfg.target(res).map_err(|source| OvsError::Ovsdb {
             step: "reading next_cfg",
             source,
         })?;
-        self.wait_applied(target).await
-    }
-
-    async fn wait_applied(&self, target: i64) -> Result<()> {
         self.client
             .wait_cur_cfg(target, APPLY_TIMEOUT)
             .await
