@@ -32,6 +32,15 @@ mkdir -p "$root/usr/local/bin" "$root/opt/linen/cni-bin" "$root/tmp" "$work/oci/
 chmod 1777 "$root/tmp"
 install -m 0755 "$dist/flaxd" "$dist/linen-install" "$root/usr/local/bin/"
 install -m 0755 "$dist/linen" "$root/opt/linen/cni-bin/"
+# nft, for flaxd's egress masquerade (--ip-masq): Debian's program with the shared objects
+# it loads, at the paths ldd resolves (the image has no other userland).
+nft=$(command -v nft || true)
+[ -x "$nft" ] || { echo "build-image: nft missing: run ./scripts/install-deps.sh" >&2; exit 1; }
+install -m 0755 "$nft" "$root/usr/local/bin/nft"
+for lib in $(ldd "$nft" | grep -o '/[^ ]*'); do
+  mkdir -p "$root$(dirname "$lib")"
+  install -m 0755 "$(readlink -f "$lib")" "$root$lib"
+done
 for p in bridge host-local loopback portmap; do
   [ -x "$plugins_dir/$p" ] || { echo "build-image: $plugins_dir/$p missing: run ./scripts/install-deps.sh" >&2; exit 1; }
   install -m 0755 "$plugins_dir/$p" "$root/opt/linen/cni-bin/"
@@ -48,7 +57,7 @@ blob() {
 
 tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner --format=posix \
   --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime \
-  -C "$root" -cf "$work/layer.tar" usr opt tmp
+  -C "$root" -cf "$work/layer.tar" $(cd "$root" && ls)
 diff_id="sha256:$(sha256sum "$work/layer.tar" | cut -d' ' -f1)"
 gzip -n -6 "$work/layer.tar"
 read -r layer layer_size < <(blob "$work/layer.tar.gz")

@@ -43,6 +43,8 @@ declare -A PROVIDES=(
   [iputils-ping]=/usr/bin/ping
   [iproute2]=/usr/sbin/ip
   [iperf3]=/usr/bin/iperf3
+  # flaxd's egress masquerade (--ip-masq) keeps an nftables table; the image carries nft too.
+  [nftables]=/usr/sbin/nft
   [etcd-server]=/usr/bin/etcd
   [etcd-client]=/usr/bin/etcdctl
   [procps]=/usr/bin/pgrep

@@ -8,7 +8,7 @@
 # touched. In order: labs found in leftover directories are torn down by `linen-lab down`
 # (their own namespaces and daemons, by the lab's own proof of ownership), then processes
 # whose command line names a leftover, processes inside leftover namespaces, mounts, the
-# namespaces, the directories.
+# namespaces, control groups, the directories.
 #
 # --check: exit 1 if anything was found (scripts/test.sh runs this after the tests: a run
 # must leave nothing). --list: only print what would be removed.
@@ -91,7 +91,22 @@ while read -r _ target _; do
   fi
 done < <(tac /proc/mounts)
 
-# 5. Directories.
+# 5. Control groups a container runtime made under a leftover name (a test's podman runs
+#    with --cgroup-parent /lnt<pid>-...): the processes in them, then the groups, deepest
+#    first, in every hierarchy.
+while read -r _ mnt kind _; do
+  [[ $kind == cgroup || $kind == cgroup2 ]] || continue
+  for cg in "$mnt"/lnt[0-9]*-*/; do
+    leftover "$(basename "$cg")-" || continue
+    report "cgroup $cg"
+    while IFS= read -r dir; do
+      for pid in $(cat "$dir/cgroup.procs" 2>/dev/null); do act kill -9 "$pid"; done
+      act rmdir "$dir"
+    done < <(find "$cg" -depth -type d 2>/dev/null)
+  done
+done < /proc/mounts
+
+# 6. Directories.
 for d in "$tmp"/lnt[0-9]*-*; do
   leftover "$(basename "$d")-" || continue
   report "directory $d"

@@ -154,6 +154,8 @@ impl Flaxd {
             "etcd",
             "--etcd-endpoints",
             etcd_url,
+            // The bench's throwaway etcd on the bed's loopback is plaintext.
+            "--etcd-insecure",
             "--etcd-prefix",
             ETCD_PREFIX,
             "--metrics-addr",
@@ -186,6 +188,8 @@ impl Flaxd {
             "etcd",
             "--etcd-endpoints",
             etcd_url,
+            // The bench's throwaway etcd on the bed's loopback is plaintext.
+            "--etcd-insecure",
             "--etcd-prefix",
             ETCD_PREFIX,
         ])

@@ -129,6 +129,7 @@ pub fn run(plan: &Plan) -> Result<Report> {
         footprint,
         disruption,
         targets: Vec::new(),
+        amended: Vec::new(),
     };
     report.compute_targets();
     Ok(report)

@@ -27,6 +27,15 @@ struct Args {
     /// after editing bench/NOTES.md, the hand-written analysis appended to the report).
     #[arg(long, value_name = "RESULTS_JSON", conflicts_with_all = ["quick", "only"])]
     render: Option<PathBuf>,
+    /// With --only: merge the sections measured into this results.json (the others are kept
+    /// from it) and write the report from the merged results.
+    #[arg(
+        long,
+        value_name = "RESULTS_JSON",
+        requires = "only",
+        conflicts_with = "render"
+    )]
+    merge: Option<PathBuf>,
 }
 
 fn parse_section(s: &str) -> Result<Section, String> {
@@ -61,6 +70,12 @@ fn main() -> ExitCode {
     let measured = match &args.render {
         Some(path) => linen_bench::read_results(path),
         None => linen_bench::run(&plan),
+    };
+    let measured = match (&args.merge, measured) {
+        (Some(path), Ok(later)) => {
+            linen_bench::read_results(path).map(|earlier| earlier.merge(later, &plan.sections))
+        }
+        (_, m) => m,
     };
     let report = match measured {
         Ok(r) => r,

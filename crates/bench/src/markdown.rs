@@ -57,6 +57,16 @@ pub fn render(r: &Report, notes: Option<&str>) -> String {
         r.duration_s.round(),
         r.lab_nodes
     );
+    for a in &r.amended {
+        let _ = writeln!(
+            o,
+            "Section `{}` was measured again in a run of its own (`--only {} --merge`, {} s) \
+             and merged in.\n",
+            a.section,
+            a.section,
+            a.duration_s.round()
+        );
+    }
     let _ = writeln!(o, "| machine | |\n| --- | --- |");
     let _ = writeln!(o, "| CPUs (nproc) | {} |", m.nproc);
     let _ = writeln!(o, "| CPU model | {} |", m.cpu_model);

@@ -9,6 +9,7 @@ use crate::converge::Convergence;
 use crate::dataplane::DataPlane;
 use crate::disrupt::Disruption;
 use crate::machine::Machine;
+use crate::plan::Section;
 use crate::stats::Summary;
 use crate::vteps::ColdVteps;
 
@@ -90,9 +91,52 @@ pub struct Report {
     #[serde(default)]
     pub disruption: Outcome<Disruption>,
     pub targets: Vec<Target>,
+    /// Sections measured later, in runs of their own, and merged in (`--merge`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub amended: Vec<Amendment>,
+}
+
+/// A section replaced by a later run of its own.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Amendment {
+    pub section: String,
+    /// Unix seconds at the start of that run.
+    pub started: u64,
+    pub duration_s: f64,
 }
 
 impl Report {
+    /// `self` with the sections of `later` named in `sections` put in its place (each
+    /// recorded in [`Report::amended`]); the targets computed again. The footprint, which
+    /// every section feeds, is taken from `later` only when it measured CNI, VTEPs or
+    /// convergence.
+    pub fn merge(mut self, later: Report, sections: &[Section]) -> Report {
+        for &s in sections {
+            match s {
+                Section::Cni => self.cni = later.cni.clone(),
+                Section::Vteps => self.cold_vteps = later.cold_vteps.clone(),
+                Section::Churn => self.churn = later.churn.clone(),
+                Section::Dataplane => self.dataplane = later.dataplane.clone(),
+                Section::Convergence => self.convergence = later.convergence.clone(),
+                Section::Disruption => self.disruption = later.disruption.clone(),
+            }
+            self.amended.retain(|a| a.section != s.name());
+            self.amended.push(Amendment {
+                section: s.name().into(),
+                started: later.started,
+                duration_s: later.duration_s,
+            });
+        }
+        if sections
+            .iter()
+            .any(|s| matches!(s, Section::Cni | Section::Vteps | Section::Convergence))
+        {
+            self.footprint = later.footprint;
+        }
+        self.compute_targets();
+        self
+    }
+
     /// Every section that failed, by name.
     pub fn failures(&self) -> Vec<(&'static str, &str)> {
         [

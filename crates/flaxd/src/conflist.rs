@@ -1,6 +1,11 @@
 //! This node's CNI network configuration list: `bridge` (with `host-local` handing out the
-//! node's pod subnet inside the cluster CIDR) chained with `linen`. flaxd manages the
-//! tunnels, so the `linen` entry lists no `vtepIPs`; its `mtu` comes from [`linen::mtu`].
+//! node's pod subnet inside the cluster CIDR, `hairpinMode` so a pod reaches itself through
+//! its node's hostPort) chained with `linen`, then the reference `portmap` plugin for
+//! `hostPort` (`capabilities: {"portMappings": true}`, `snat` so a pod reaches a hostPort of
+//! its own node). flaxd manages the tunnels, so the `linen` entry lists no `vtepIPs`; its
+//! `mtu` comes from [`linen::mtu`]. `linen` takes the port mappings too: it records which pod
+//! holds each hostPort and refuses a second pod asking for one already held (portmap alone
+//! would silently let the first pod keep it).
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -47,7 +52,13 @@ pub struct ConflistSpec {
     /// Where `host-local` keeps its leases (`dataDir`); `None` leaves host-local's own
     /// default (`/var/lib/cni/networks`).
     pub ipam_data_dir: Option<PathBuf>,
+    /// Where the plugin records hostPort holders (`hostPortDir`); `None`: its default.
+    pub host_port_dir: Option<PathBuf>,
 }
+
+/// The conventional file name: `10-` sorts it first in `/etc/cni/net.d` for runtimes that
+/// take the first conflist (containerd's `max_conf_num = 1`).
+pub const FILE_NAME: &str = "10-linen.conflist";
 
 /// The conflist for a node whose pods take addresses from `pod_cidr`.
 pub fn render(spec: &ConflistSpec, pod_cidr: IpNet) -> Result<String, ConflistError> {
@@ -94,6 +105,10 @@ pub fn render(spec: &ConflistSpec, pod_cidr: IpNet) -> Result<String, ConflistEr
     if !spec.controllers.is_empty() {
         linen["controller"] = json!(spec.controllers);
     }
+    linen["capabilities"] = json!({ "portMappings": true });
+    if let Some(dir) = &spec.host_port_dir {
+        linen["hostPortDir"] = json!(dir);
+    }
     let mut ipam = json!({
         "type": "host-local",
         "subnet": spec.cluster_cidr.trunc().to_string(),
@@ -113,10 +128,16 @@ pub fn render(spec: &ConflistSpec, pod_cidr: IpNet) -> Result<String, ConflistEr
                 "type": "bridge",
                 "bridge": spec.linux_bridge,
                 "isGateway": true,
+                "hairpinMode": true,
                 "mtu": mtu,
                 "ipam": ipam,
             },
             linen,
+            {
+                "type": "portmap",
+                "capabilities": { "portMappings": true },
+                "snat": true,
+            },
         ],
     });
     let mut text = serde_json::to_string_pretty(&conf).expect("a JSON value serialises");
@@ -154,6 +175,7 @@ mod tests {
             underlay_mtu: 1500,
             vtep: "192.0.2.1".parse().unwrap(),
             ipam_data_dir: None,
+            host_port_dir: None,
         }
     }
 
@@ -167,6 +189,22 @@ mod tests {
         assert_eq!(bridge["type"], "bridge");
         assert_eq!(bridge["bridge"], "kbr0");
         assert_eq!(bridge["isGateway"], true);
+        assert_eq!(
+            bridge["hairpinMode"], true,
+            "a pod reaches its own hostPort"
+        );
+        let portmap = &v["plugins"][2];
+        assert_eq!(portmap["type"], "portmap", "hostPort needs portmap, last");
+        assert_eq!(portmap["capabilities"]["portMappings"], true);
+        assert_eq!(
+            portmap["snat"], true,
+            "a pod reaches a hostPort of its own node"
+        );
+        assert_eq!(v["plugins"].as_array().unwrap().len(), 3);
+        assert_eq!(
+            v["plugins"][1]["capabilities"]["portMappings"], true,
+            "linen guards hostPorts"
+        );
         assert_eq!(bridge["mtu"], 1450);
         let ipam = &bridge["ipam"];
         assert_eq!(ipam["type"], "host-local");
@@ -192,6 +230,21 @@ mod tests {
             serde_json::from_str(&render(&with_dir, "10.244.3.0/24".parse().unwrap()).unwrap())
                 .unwrap();
         assert_eq!(v["plugins"][0]["ipam"]["dataDir"], "/run/lab/n1/ipam");
+        assert!(
+            v["plugins"][1].get("hostPortDir").is_none(),
+            "the plugin's default"
+        );
+        let mut with_ports = spec();
+        with_ports.host_port_dir = Some("/run/lab/n1/hostports".into());
+        let v: Value =
+            serde_json::from_str(&render(&with_ports, "10.244.3.0/24".parse().unwrap()).unwrap())
+                .unwrap();
+        assert_eq!(v["plugins"][1]["hostPortDir"], "/run/lab/n1/hostports");
+        let cfg = linen::config::LinenConfig::from_json(&v["plugins"][1]).unwrap();
+        assert_eq!(
+            cfg.host_port_dir,
+            std::path::PathBuf::from("/run/lab/n1/hostports")
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Wiring: one membership source, the OVSDB watcher, the reconciler and the metrics server,
 //! as tasks of one [`Daemon`] that shuts down cleanly or can be killed as a crash would.
 //! Neither removes anything: the node stays a member (until its lease TTL, for the next
-//! flaxd to adopt), its OVS rows and its conflist stay, and pods keep their traffic.
+//! flaxd to adopt), its OVS rows, its conflist and its masquerade table stay, and pods keep
+//! their traffic.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,8 +21,9 @@ use crate::desired::{NodeIdentity, TunnelPolicy};
 use crate::etcd::{EtcdConfig, EtcdError, EtcdSource};
 use crate::file::{FileError, FileSource};
 use crate::k8s::KubeSource;
+use crate::masq::{Masquerade, NftProgram};
 use crate::membership::{Publisher, Snapshot};
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
 use crate::overlay::OvsOverlay;
 use crate::ovs_watch::watch_ovs;
 use crate::reconcile::{Reconciler, ReconcilerConfig};
@@ -60,6 +62,11 @@ pub struct DaemonConfig {
     pub metrics_addr: Option<SocketAddr>,
     pub debounce: Duration,
     pub resync: Duration,
+    /// Keep the egress masquerade table ([`crate::masq`]); `false` removes one an earlier
+    /// run left and creates nothing. Off in [`DaemonConfig::new`], so a daemon embedded in
+    /// a test touches no firewall of the namespace it runs in; flaxd's `--ip-masq` flag
+    /// defaults to on.
+    pub ip_masq: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -70,6 +77,8 @@ pub struct ConflistOptions {
     pub underlay_mtu: u32,
     /// host-local's `dataDir`; `None`: host-local's default.
     pub ipam_data_dir: Option<PathBuf>,
+    /// Where the plugin records which pod holds which hostPort; `None`: its default.
+    pub host_port_dir: Option<PathBuf>,
 }
 
 impl DaemonConfig {
@@ -92,6 +101,7 @@ impl DaemonConfig {
             metrics_addr: None,
             debounce: Duration::from_millis(100),
             resync: Duration::from_secs(60),
+            ip_masq: false,
         }
     }
 
@@ -119,6 +129,7 @@ impl DaemonConfig {
                         underlay_mtu: c.underlay_mtu,
                         vtep: self.me.vtep,
                         ipam_data_dir: c.ipam_data_dir.clone(),
+                        host_port_dir: c.host_port_dir.clone(),
                     },
                 )
             }),
@@ -169,7 +180,7 @@ impl Daemon {
                     .await
                     .map_err(|source| DaemonError::MetricsBind { addr, source })?;
                 let local = listener.local_addr().ok();
-                tasks.spawn(infallible(metrics::serve(
+                tasks.spawn(infallible(crate::endpoint::serve(
                     listener,
                     metrics.clone(),
                     shutdown.clone(),
@@ -193,6 +204,19 @@ impl Daemon {
         tasks.spawn(infallible(reconciler.run(
             members.clone(),
             ovs_changed,
+            shutdown.clone(),
+        )));
+        let masq = Masquerade::new(
+            NftProgram::default(),
+            cfg.ip_masq,
+            vec![cfg.cluster_cidr],
+            cfg.pod_cidr,
+            cfg.me.name.clone(),
+            metrics.clone(),
+        );
+        tasks.spawn(infallible(masq.run(
+            members.clone(),
+            cfg.resync,
             shutdown.clone(),
         )));
         let token = shutdown.clone();

@@ -9,16 +9,21 @@
 //!   [`linen::ovs::Ovs::ensure`], the same OVS data model the plugin uses. It runs on every
 //!   membership change, every OVSDB change ([`ovs_watch`]) and a periodic resync, debounced,
 //!   retrying with [`backoff::Backoff`]; it also writes this node's [`conflist`].
-//! - [`daemon::Daemon`] wires it all, with [`metrics`] on `/metrics` and `/healthz`.
+//! - [`masq::Masquerade`] keeps the node's egress masquerade table (nftables) in step, at
+//!   start and on every resync.
+//! - [`daemon::Daemon`] wires it all, with [`metrics`] on `/metrics` and `/healthz`
+//!   served by the hardened [`endpoint`].
 
 pub mod backoff;
 pub mod conflist;
 pub mod daemon;
 pub mod desired;
+pub mod endpoint;
 pub mod etcd;
 pub mod file;
 pub mod host;
 pub mod k8s;
+pub mod masq;
 pub mod membership;
 pub mod metrics;
 pub mod overlay;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
-use flaxd::etcd::EtcdConfig;
+use flaxd::etcd::{EtcdAccess, EtcdConfig, EtcdTls, EtcdUser};
 use flaxd::ipnet::IpNet;
 use flaxd::linen::config::{Datapath, MAX_VNI, TunnelKey};
 use flaxd::{ConflistOptions, Daemon, DaemonConfig, NodeIdentity, SourceConfig, TunnelPolicy};
@@ -37,8 +37,8 @@ enum DatapathArg {
 #[command(version)]
 struct Args {
     /// This node's name (the Kubernetes Node name with --source kube).
-    #[arg(long, env = "NODE_NAME")]
-    node_name: String,
+    #[arg(long, env = "NODE_NAME", required_unless_present = "uninstall")]
+    node_name: Option<String>,
     /// This node's VTEP address.
     #[arg(long, env = "FLAXD_VTEP", conflicts_with = "vtep_iface")]
     vtep: Option<IpAddr>,
@@ -86,16 +86,43 @@ struct Args {
     /// or this node's entry in the peer file).
     #[arg(long, env = "FLAXD_POD_CIDR")]
     pod_cidr: Option<IpNet>,
-    #[arg(long, env = "FLAXD_SOURCE", value_enum)]
-    source: Source,
+    #[arg(
+        long,
+        env = "FLAXD_SOURCE",
+        value_enum,
+        required_unless_present = "uninstall"
+    )]
+    source: Option<Source>,
     /// etcd client URLs, comma-separated.
     #[arg(
         long,
         env = "FLAXD_ETCD_ENDPOINTS",
         value_delimiter = ',',
-        default_value = "http://127.0.0.1:2379"
+        default_value = "https://127.0.0.1:2379"
     )]
     etcd_endpoints: Vec<String>,
+    /// The CA etcd's server certificate must chain to (PEM); needed for https:// endpoints.
+    #[arg(long, env = "FLAXD_ETCD_CA_CERT")]
+    etcd_ca_cert: Option<PathBuf>,
+    /// This node's etcd client certificate (PEM); with etcd's --client-cert-auth its common
+    /// name is the etcd user.
+    #[arg(long, env = "FLAXD_ETCD_CERT", requires_all = ["etcd_key", "etcd_ca_cert"])]
+    etcd_cert: Option<PathBuf>,
+    /// The key of --etcd-cert (PEM).
+    #[arg(long, env = "FLAXD_ETCD_KEY", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
+    /// An etcd user for password authentication; the password comes from
+    /// --etcd-password-file or the environment variable FLAXD_ETCD_PASSWORD (never a flag:
+    /// command lines are world-readable).
+    #[arg(long, env = "FLAXD_ETCD_USER")]
+    etcd_user: Option<String>,
+    /// A file holding the password of --etcd-user (one line).
+    #[arg(long, env = "FLAXD_ETCD_PASSWORD_FILE", requires = "etcd_user")]
+    etcd_password_file: Option<PathBuf>,
+    /// Allow plaintext http:// etcd endpoints. Without it they are refused: whoever can write
+    /// to etcd joins the pod network.
+    #[arg(long, env = "FLAXD_ETCD_INSECURE")]
+    etcd_insecure: bool,
     #[arg(long, env = "FLAXD_ETCD_PREFIX", default_value = "/linen")]
     etcd_prefix: String,
     /// Seconds a node that stops renewing its lease stays a member.
@@ -119,9 +146,29 @@ struct Args {
     /// The pods' Linux bridge in the conflist.
     #[arg(long, env = "FLAXD_LINUX_BRIDGE", default_value = "kbr0")]
     linux_bridge: String,
-    /// Serve /metrics and /healthz here.
-    #[arg(long, env = "FLAXD_METRICS_ADDR", default_value = "0.0.0.0:9109")]
+    /// Serve /metrics, /healthz and /livez here. Loopback by default: nothing off the node
+    /// reaches it unless asked for. The DaemonSet sets the node's address (the kubelet's
+    /// httpGet probes and Prometheus connect to the pod IP, which with hostNetwork is the
+    /// node's); never 0.0.0.0 on a node with public addresses.
+    #[arg(long, env = "FLAXD_METRICS_ADDR", default_value = "127.0.0.1:9109")]
     metrics_addr: SocketAddr,
+    /// Masquerade egress (flannel's --ip-masq): traffic from this node's pods to addresses
+    /// outside the cluster CIDR leaves with the node's address. flaxd keeps its own nftables
+    /// table (`inet linen`), checked and repaired on every resync; `--ip-masq=false` creates
+    /// nothing (and removes the table an earlier run left). Needs CAP_NET_ADMIN and `nft`.
+    #[arg(
+        long,
+        env = "FLAXD_IP_MASQ",
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    ip_masq: bool,
+    /// Where the linen plugin records which pod holds which hostPort (the conflist's
+    /// `hostPortDir`); default: the plugin's own (/var/lib/cni/linen/hostports).
+    #[arg(long, env = "FLAXD_HOST_PORT_DIR")]
+    host_port_dir: Option<PathBuf>,
     /// Seconds between full resyncs.
     #[arg(long, env = "FLAXD_RESYNC", default_value_t = 60)]
     resync: u64,
@@ -137,6 +184,16 @@ struct Args {
     /// flaxd keeps its node a member.
     #[arg(long)]
     leave: bool,
+    /// Do not run: remove what flaxd keeps on this host outside OVS and the conflist — the
+    /// egress masquerade table, if it is Linen's (a table of that name that Linen did not
+    /// create is an error and stays) — then exit. Plain exit (SIGTERM) removes nothing.
+    #[arg(long, conflicts_with = "leave")]
+    uninstall: bool,
+    /// With --leave: also release this node's pod subnet allocation, so another node may
+    /// be given it. Only for a node decommissioned for good, once its pods are gone (a
+    /// node that comes back gets a new subnet; its old pods' addresses could be reused).
+    #[arg(long, requires = "leave")]
+    release_subnet: bool,
 }
 
 /// Logs go to stderr: text (ANSI colours only on a terminal, never in a log file or a
@@ -162,16 +219,31 @@ fn init_logging(filter: &str, format: LogFormat) -> Result<()> {
 async fn main() -> Result<()> {
     let args = Args::parse();
     init_logging(&args.log, args.log_format)?;
+    if args.uninstall {
+        let removed = flaxd::masq::uninstall(&flaxd::masq::NftProgram::default())
+            .await
+            .context("cannot remove the egress masquerade table")?;
+        tracing::info!(
+            table = flaxd::masq::TABLE,
+            removed,
+            "uninstalled: Linen's masquerade table is gone"
+        );
+        return Ok(());
+    }
+    let node_name = args.node_name.clone().context("give --node-name")?;
     if args.leave {
-        return leave(&args).await;
+        return leave(&args, &node_name).await;
     }
     let (vtep, iface) = match (args.vtep, &args.vtep_iface) {
         (Some(ip), _) => (ip, flaxd::host::interface_of(ip).ok()),
         (None, Some(i)) => (flaxd::host::interface_address(i)?, Some(i.clone())),
         (None, None) => bail!("give --vtep or --vtep-iface"),
     };
-    if !flaxd::linen::naming::is_valid_ifname(&args.bridge) {
-        bail!("--bridge {:?} is not a valid interface name", args.bridge);
+    if !flaxd::linen::naming::is_creatable_ifname(&args.bridge) {
+        bail!(
+            "--bridge {:?} is not a name Linen creates an interface with (1-15 bytes of ASCII letters, digits, '-', '_' and '.')",
+            args.bridge
+        );
     }
     if !flaxd::linen::naming::is_valid_ifname(&args.linux_bridge) {
         bail!(
@@ -185,7 +257,7 @@ async fn main() -> Result<()> {
         None => TunnelKey::Flow,
     };
     let me = NodeIdentity {
-        name: args.node_name.clone(),
+        name: node_name.clone(),
         vtep,
     };
     let mut cfg = DaemonConfig::new(me, args.ovsdb.clone());
@@ -229,6 +301,7 @@ async fn main() -> Result<()> {
     cfg.pod_cidr = args.pod_cidr;
     cfg.metrics_addr = Some(args.metrics_addr);
     cfg.resync = Duration::from_secs(args.resync.max(1));
+    cfg.ip_masq = args.ip_masq;
     if let Some(path) = &args.conflist {
         let underlay_mtu = match (args.underlay_mtu, &iface) {
             (Some(m), _) => m,
@@ -241,14 +314,16 @@ async fn main() -> Result<()> {
             linux_bridge: args.linux_bridge.clone(),
             underlay_mtu,
             ipam_data_dir: args.ipam_data_dir.clone(),
+            host_port_dir: args.host_port_dir.clone(),
         });
     }
-    let source = match args.source {
+    let source = match args.source.context("give --source")? {
         Source::Etcd => SourceConfig::Etcd(EtcdConfig {
             endpoints: args.etcd_endpoints.clone(),
+            access: etcd_access(&args)?,
             prefix: args.etcd_prefix.clone(),
             lease_ttl: args.etcd_lease_ttl,
-            node: args.node_name.clone(),
+            node: node_name.clone(),
             vtep,
             pod_cidr: args.pod_cidr,
             allocate: Some((args.cluster_cidr, args.subnet_len)),
@@ -270,7 +345,7 @@ async fn main() -> Result<()> {
                 .context("--source file needs --peers-file")?,
         ),
     };
-    tracing::info!(node = args.node_name, %vtep, source = ?args.source, "flaxd starting");
+    tracing::info!(node = node_name, %vtep, source = ?args.source, "flaxd starting");
     let daemon = Daemon::start(cfg, source).await?;
     let token = daemon.shutdown_token();
     tokio::spawn(async move {
@@ -287,29 +362,77 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
+/// TLS, user and plaintext options for etcd; checked against the endpoints before anything
+/// else runs, so a refused plaintext endpoint stops flaxd at once.
+fn etcd_access(args: &Args) -> Result<EtcdAccess> {
+    let tls = args.etcd_ca_cert.as_ref().map(|ca| EtcdTls {
+        ca: ca.clone(),
+        identity: args.etcd_cert.clone().zip(args.etcd_key.clone()),
+    });
+    let user = match &args.etcd_user {
+        None => None,
+        Some(name) => {
+            let password = match &args.etcd_password_file {
+                Some(p) => std::fs::read_to_string(p)
+                    .with_context(|| format!("--etcd-password-file {}", p.display()))?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned(),
+                None => std::env::var("FLAXD_ETCD_PASSWORD").context(
+                    "--etcd-user needs --etcd-password-file or FLAXD_ETCD_PASSWORD in the environment",
+                )?,
+            };
+            Some(EtcdUser {
+                name: name.clone(),
+                password,
+            })
+        }
+    };
+    let access = EtcdAccess {
+        tls,
+        user,
+        allow_plaintext: args.etcd_insecure,
+    };
+    flaxd::etcd::connect_options(&args.etcd_endpoints, &access)
+        .context("--etcd-endpoints and the etcd TLS options")?;
+    if args.etcd_insecure {
+        tracing::warn!(
+            "--etcd-insecure: plaintext etcd allowed; anyone who can reach etcd can join the pod network"
+        );
+    }
+    Ok(access)
+}
+
 /// `--leave`: the explicit departure of this node.
-async fn leave(args: &Args) -> Result<()> {
-    match args.source {
+async fn leave(args: &Args, node_name: &str) -> Result<()> {
+    match args.source.context("give --source")? {
         Source::Etcd => {
-            let mut client = flaxd::etcd::connect(&args.etcd_endpoints).await?;
-            let left = flaxd::etcd::leave(&mut client, &args.etcd_prefix, &args.node_name)
+            let mut client =
+                flaxd::etcd::connect(&args.etcd_endpoints, &etcd_access(args)?).await?;
+            let left = flaxd::etcd::leave(&mut client, &args.etcd_prefix, node_name)
                 .await
-                .with_context(|| format!("node {} cannot leave", args.node_name))?;
+                .with_context(|| format!("node {} cannot leave", node_name))?;
             match left {
                 flaxd::etcd::Left {
                     was_member: false, ..
-                } => tracing::info!(node = args.node_name, "not a member; nothing to do"),
+                } => tracing::info!(node = node_name, "not a member; nothing to do"),
                 flaxd::etcd::Left { revoked, .. } => tracing::info!(
-                    node = args.node_name,
+                    node = node_name,
                     lease = ?revoked,
                     "left: record deleted, lease revoked; every peer drops this node now"
                 ),
+            }
+            if args.release_subnet {
+                let released =
+                    flaxd::etcd::release_subnets(&mut client, &args.etcd_prefix, node_name)
+                        .await
+                        .with_context(|| format!("node {} cannot release its subnet", node_name))?;
+                tracing::info!(node = args.node_name, ?released, "pod subnet released");
             }
             Ok(())
         }
         Source::Kube => bail!(
             "with --source kube the node leaves when its Node object is deleted (`kubectl delete node {}`)",
-            args.node_name
+            node_name
         ),
         Source::File => bail!(
             "with --source file the node leaves when it is removed from the peer file on every node"

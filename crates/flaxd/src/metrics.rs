@@ -1,17 +1,11 @@
 //! Operational state: counters the reconciler and the watchers update, rendered in the
-//! Prometheus text format, and a small HTTP server for `/metrics` and `/healthz`.
+//! Prometheus text format (served by [`crate::endpoint`]).
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
 use prometheus_client::metrics::MetricType;
@@ -20,8 +14,6 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 /// Shared by every task of one daemon.
 #[derive(Debug)]
@@ -43,6 +35,12 @@ pub struct Metrics {
     pub controllers_connected: AtomicU64,
     /// Times this node's member record was found deleted or overwritten and put back.
     pub record_restores: AtomicU64,
+    /// Connections the HTTP endpoint serves now.
+    pub http_connections: AtomicU64,
+    /// Connections it closed at once because it was at its limit.
+    pub http_refused: AtomicU64,
+    /// `accept()` failures (e.g. out of file descriptors).
+    pub http_accept_errors: AtomicU64,
     /// Why this node is not a member right now (its record was deleted or overwritten and is
     /// not back yet); `None` while it is, or when the source registers nothing.
     not_member: Mutex<Option<String>>,
@@ -51,6 +49,14 @@ pub struct Metrics {
     /// Why this node's pod subnet is refused (another node holds it); `None` when it is not.
     pod_cidr_conflict: Mutex<Option<String>>,
     reconciled_once: AtomicBool,
+    /// `--ip-masq`: flaxd keeps the egress masquerade table.
+    pub ip_masq_enabled: AtomicBool,
+    /// The masquerade table was found (or made) as flaxd wants it at the last check.
+    pub ip_masq_rules_ok: AtomicBool,
+    /// Times the table was found changed or removed by hand and put back.
+    pub ip_masq_repairs: AtomicU64,
+    /// Why the last masquerade check failed; `None` after a success.
+    ip_masq_error: Mutex<Option<String>>,
 }
 
 /// Reconcile duration buckets: 1 ms to ~16 s (a pass at 5000 members took 7 s).
@@ -75,10 +81,17 @@ impl Default for Metrics {
             controllers: AtomicU64::new(0),
             controllers_connected: AtomicU64::new(0),
             record_restores: AtomicU64::new(0),
+            http_connections: AtomicU64::new(0),
+            http_refused: AtomicU64::new(0),
+            http_accept_errors: AtomicU64::new(0),
             not_member: Mutex::new(None),
             last_error: Mutex::new(None),
             pod_cidr_conflict: Mutex::new(None),
             reconciled_once: AtomicBool::new(false),
+            ip_masq_enabled: AtomicBool::new(false),
+            ip_masq_rules_ok: AtomicBool::new(false),
+            ip_masq_repairs: AtomicU64::new(0),
+            ip_masq_error: Mutex::new(None),
         }
     }
 }
@@ -100,6 +113,19 @@ impl Metrics {
             self.reconciled_once.store(true, Ordering::Relaxed);
         }
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
+    }
+
+    /// Sets or clears the masquerade error.
+    pub fn set_ip_masq_error(&self, why: Option<String>) {
+        *self.ip_masq_error.lock().unwrap_or_else(|e| e.into_inner()) = why;
+    }
+
+    /// Why the last masquerade check failed, if it did.
+    pub fn ip_masq_error(&self) -> Option<String> {
+        self.ip_masq_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Sets or clears the pod subnet conflict.
@@ -144,6 +170,9 @@ impl Metrics {
         }
         if let Some(why) = self.not_member() {
             return Err(format!("not a member: {why}"));
+        }
+        if let Some(why) = self.ip_masq_error() {
+            return Err(format!("egress masquerade: {why}"));
         }
         if let Some(e) = self
             .last_error
@@ -226,6 +255,36 @@ impl Metrics {
                 "member_record_restores",
                 "Times this node's member record was found deleted or overwritten and put back.",
                 n(&self.record_restores),
+            ),
+            Value::gauge(
+                "http_connections",
+                "Connections the HTTP endpoint serves now.",
+                n(&self.http_connections),
+            ),
+            Value::counter(
+                "http_connections_refused",
+                "Connections closed at once because the endpoint was at its connection limit.",
+                n(&self.http_refused),
+            ),
+            Value::counter(
+                "http_accept_errors",
+                "accept() failures of the HTTP endpoint (e.g. out of file descriptors).",
+                n(&self.http_accept_errors),
+            ),
+            Value::gauge(
+                "ip_masq_enabled",
+                "1 when flaxd keeps the egress masquerade rules (--ip-masq).",
+                b(&self.ip_masq_enabled),
+            ),
+            Value::gauge(
+                "ip_masq_rules_ok",
+                "1 when the last check found or left the masquerade rules as flaxd wants them.",
+                b(&self.ip_masq_rules_ok),
+            ),
+            Value::counter(
+                "ip_masq_repairs",
+                "Times the masquerade rules were found changed or removed by hand and put back.",
+                n(&self.ip_masq_repairs),
             ),
             Value::gauge(
                 "controllers",
@@ -429,83 +488,6 @@ fn process_stats() -> Option<ProcessStats> {
         max_fds,
         start_time_seconds: boot + field(22)? / ticks,
     })
-}
-
-/// Serves `GET /metrics` and `GET /healthz` on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) {
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics server: accept failed");
-                    continue;
-                }
-            },
-        };
-        let metrics = metrics.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let metrics = metrics.clone();
-                async move { Ok::<_, Infallible>(respond(&req, &metrics)) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc);
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                r = conn => if let Err(e) = r {
-                    tracing::debug!(error = %e, "metrics server: connection error");
-                },
-            }
-        });
-    }
-}
-
-/// Binds `addr` and serves in the background; returns the bound address (port 0 picks one).
-pub async fn spawn_server(
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
-    tokio::spawn(serve(listener, metrics, shutdown));
-    Ok(local)
-}
-
-fn respond(req: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
-    let reply = |status: StatusCode, ctype: &str, body: String| {
-        Response::builder()
-            .status(status)
-            .header("content-type", ctype)
-            .body(Full::new(Bytes::from(body)))
-            .expect("a valid response")
-    };
-    if req.method() != hyper::Method::GET {
-        return reply(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "GET only\n".into(),
-        );
-    }
-    match req.uri().path() {
-        "/metrics" => reply(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.render(),
-        ),
-        "/healthz" => match metrics.health() {
-            Ok(()) => reply(StatusCode::OK, "text/plain", "ok\n".into()),
-            Err(why) => reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain",
-                format!("{why}\n"),
-            ),
-        },
-        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
-    }
 }
 
 #[cfg(test)]

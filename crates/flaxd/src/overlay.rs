@@ -182,6 +182,7 @@ impl Overlay for RecordingOverlay {
             Some(err) => Err(err),
             None => Ok(Ensured {
                 applied: Vec::new(),
+                flaxd_managed: prune == Some(Source::Flaxd),
             }),
         }
     }

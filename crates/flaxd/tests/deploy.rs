@@ -168,14 +168,19 @@ fn manifests_are_valid_current_api_objects() {
     let mut mounted = BTreeSet::new();
     for c in init.iter().chain(&pod.containers) {
         assert_eq!(c.image.as_deref(), Some(image.as_str()), "{}", c.name);
-        // Least privilege: not privileged, every capability dropped, none added back, and
-        // bounded memory.
+        // Least privilege: not privileged, every capability dropped, none added back but
+        // flaxd's NET_ADMIN (its egress masquerade table), and bounded memory.
         let sc = c.security_context.as_ref().expect("a securityContext");
         assert_ne!(sc.privileged, Some(true), "{}", c.name);
         assert_eq!(sc.allow_privilege_escalation, Some(false), "{}", c.name);
         let caps = sc.capabilities.as_ref().expect("capabilities");
         assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
-        assert!(caps.add.as_ref().is_none_or(Vec::is_empty), "{}", c.name);
+        let added = caps.add.clone().unwrap_or_default();
+        if c.name == "flaxd" {
+            assert_eq!(added, ["NET_ADMIN"], "{}", c.name);
+        } else {
+            assert!(added.is_empty(), "{}: {added:?}", c.name);
+        }
         let res = c.resources.as_ref().expect("resources");
         assert!(
             res.requests
@@ -241,6 +246,11 @@ fn manifests_are_valid_current_api_objects() {
     let help = String::from_utf8_lossy(&help.stdout);
     let data = config.data.expect("ConfigMap data");
     assert!(data.contains_key("FLAXD_CLUSTER_CIDR"), "{data:?}");
+    assert_eq!(
+        data.get("FLAXD_IP_MASQ").map(String::as_str),
+        Some("true"),
+        "egress masquerade on by default"
+    );
     for key in data.keys().chain(&env) {
         assert!(
             help.contains(&format!("[env: {key}=")),

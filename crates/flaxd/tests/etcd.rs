@@ -9,7 +9,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{Etcd, LONG, Node, eventually, http_get, init_logs};
-use flaxd::etcd::{Resume, allocate_subnet, etcd_client, follow_members, leave, node_key};
+use flaxd::etcd::{
+    Resume, allocate_subnet, etcd_client, follow_members, leave, node_key, release_subnets,
+};
 use flaxd::membership::Publisher;
 use flaxd::subnet::Slices;
 use tokio_util::sync::CancellationToken;
@@ -69,6 +71,42 @@ async fn three_nodes_converge_and_a_node_that_leaves_is_dropped_at_once() {
     );
     let again = leave(&mut kv, "/linen", "c").await.expect("leave again");
     assert!(!again.was_member, "idempotent: {again:?}");
+
+    // Its pod subnet stays allocated (its pods may still use it) until it is released
+    // (`flaxd --leave --release-subnet`): then c's allocation, and only c's, is gone.
+    let holders = |kv: &mut etcd_client::Client| {
+        let mut kv = kv.clone();
+        async move {
+            let resp = kv
+                .get(
+                    "/linen/subnets/",
+                    Some(etcd_client::GetOptions::new().with_prefix()),
+                )
+                .await
+                .expect("read allocations");
+            resp.kvs()
+                .iter()
+                .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+                .collect::<BTreeSet<String>>()
+        }
+    };
+    let all: BTreeSet<String> = ["a", "b", "c"].map(String::from).into();
+    assert_eq!(holders(&mut kv).await, all);
+    let released = release_subnets(&mut kv, "/linen", "c")
+        .await
+        .expect("release");
+    assert_eq!(released.len(), 1, "{released:?}");
+    let gw_c: std::net::IpAddr = c.await_conflist_subnet().await.parse().unwrap();
+    assert!(
+        released[0].contains(&gw_c),
+        "the released {released:?} is c's subnet (gateway {gw_c})"
+    );
+    let left: BTreeSet<String> = ["a", "b"].map(String::from).into();
+    assert_eq!(holders(&mut kv).await, left);
+    let none = release_subnets(&mut kv, "/linen", "c")
+        .await
+        .expect("release again");
+    assert!(none.is_empty(), "idempotent: {none:?}");
 
     assert_eq!(da.metrics().members.load(Ordering::Relaxed), 2);
     da.shutdown().await.unwrap();

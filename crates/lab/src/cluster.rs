@@ -238,6 +238,12 @@ impl Cluster {
                 node.write_conflist(&self.state)?;
             }
             Some(etcd) => {
+                crate::etcd_auth::grant_node(
+                    etcd,
+                    &self.state.underlay,
+                    &node.name,
+                    &node.etcd_client_files(),
+                )?;
                 let pid = flaxd::start(&flaxd::binary()?, &node, etcd)?;
                 self.state.nodes[pos].flaxd_pid = Some(pid);
                 self.save()?;

@@ -1,7 +1,8 @@
 //! The CNI network configuration list of each node: the reference `bridge`
-//! plugin (with `host-local` IPAM) chained with `linen`, with Linen's VTEPs
-//! laid out by the lab's topology. A pure function of the lab state, written
-//! to `<node run dir>/net.d/linen.conflist` so it can be read and reused.
+//! plugin (with `host-local` IPAM, `hairpinMode`) chained with `linen`, with
+//! Linen's VTEPs laid out by the lab's topology, then `portmap` for hostPorts
+//! (as flaxd writes it). A pure function of the lab state, written to
+//! `<node run dir>/net.d/10-linen.conflist` so it can be read and reused.
 
 use std::io;
 use std::net::IpAddr;
@@ -22,7 +23,7 @@ pub const LINUX_BRIDGE: &str = "kbr0";
 /// Linen's OVS bridge on every node.
 pub const OVS_BRIDGE: &str = "br0";
 /// The file name inside the node's `net.d`.
-pub const FILE_NAME: &str = "linen.conflist";
+pub const FILE_NAME: &str = "10-linen.conflist";
 
 #[derive(Debug, Error)]
 pub enum Error {
@@ -71,6 +72,11 @@ impl Node {
         self.run_dir.join("cni-cache")
     }
 
+    /// Where the linen plugin records this node's hostPort holders.
+    pub fn host_port_dir(&self) -> PathBuf {
+        self.run_dir.join("hostports")
+    }
+
     /// The directory holding this node's conflist, as `/etc/cni/net.d` would.
     pub fn conf_dir(&self) -> PathBuf {
         self.run_dir.join("net.d")
@@ -98,6 +104,7 @@ impl Node {
                     "type": "bridge",
                     "bridge": LINUX_BRIDGE,
                     "isGateway": true,
+                    "hairpinMode": true,
                     "ipam": ipam,
                 },
                 {
@@ -107,6 +114,13 @@ impl Node {
                     "isMaster": self.role == Role::Hub,
                     "ovsdbSocket": format!("unix:{}", self.ovsdb_socket.display()),
                     "datapathType": "netdev",
+                    "capabilities": { "portMappings": true },
+                    "hostPortDir": self.host_port_dir(),
+                },
+                {
+                    "type": "portmap",
+                    "capabilities": { "portMappings": true },
+                    "snat": true,
                 },
             ],
         });
@@ -211,7 +225,15 @@ mod tests {
         // The runtime side accepts it.
         let bytes = serde_json::to_vec(&conf).unwrap();
         let list = cni::runtime::NetworkConfigList::from_slice(&bytes).unwrap();
-        assert_eq!(list.plugins.len(), 2);
+        assert_eq!(list.plugins.len(), 3);
+        // hostPort: linen guards the ports, portmap (last) forwards them; hairpin on the
+        // bridge so a pod reaches itself through its node.
+        assert_eq!(bridge["hairpinMode"], true);
+        assert!(list.plugins[1].capabilities["portMappings"]);
+        assert_eq!(linen["hostPortDir"], "/run/linen-lab/c/n2/hostports");
+        assert_eq!(conf["plugins"][2]["type"], "portmap");
+        assert_eq!(conf["plugins"][2]["snat"], true);
+        assert!(list.plugins[2].capabilities["portMappings"]);
     }
 
     #[test]

@@ -99,6 +99,18 @@ impl Cluster {
         Ok(())
     }
 
+    /// ovsdb-server of node `name` crashes (SIGKILL) and is started again over
+    /// the same database file. ovs-vswitchd keeps its datapath meanwhile and
+    /// reconnects; so does the node's flaxd.
+    pub fn restart_ovsdb_server(&self, name: &str) -> Result<()> {
+        let node = self.known_node(name)?;
+        let ovs = node.ovs();
+        ovs.kill(Daemon::OvsdbServer)?;
+        ovs.start_ovsdb_server()?;
+        tracing::info!(node = %node.name, "ovsdb-server restarted");
+        Ok(())
+    }
+
     fn etcd_node(&self, name: &str) -> Result<usize> {
         let index = self.known_node(name)?.index;
         if self.state.membership != Membership::Etcd {

@@ -4,6 +4,13 @@
 //! nothing listens outside the lab's namespaces. Data and log live in
 //! `<lab dir>/etcd`; the pid is recorded in the lab state, and proven (comm
 //! `etcd`, command line naming that directory) before every signal.
+//!
+//! Secure as a deployment should be: clients speak TLS and must show a
+//! certificate of the lab's own CA ([`crate::pki`]; `--client-cert-auth`),
+//! whose common name is their etcd user; etcd's auth is on, with one role per
+//! node ([`crate::etcd_auth`]). An unauthenticated client is refused. Its
+//! health is probed on a plaintext metrics listener on the underlay
+//! namespace's loopback, which serves `/health` and `/metrics` only.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
@@ -25,6 +32,8 @@ pub const PROGRAM: &str = "etcd";
 pub const PREFIX: &str = "/linen";
 const CLIENT_PORT: u16 = 2379;
 const PEER_PORT: u16 = 2380;
+/// `/health` (and `/metrics`), plaintext, on the underlay namespace's loopback.
+const METRICS_PORT: u16 = 2381;
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 const TERM_GRACE: Duration = Duration::from_secs(5);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -45,6 +54,14 @@ pub enum Error {
     },
     #[error("etcd")]
     Process(#[source] Box<process::Error>),
+    #[error("etcd access control: {step}")]
+    Auth {
+        step: &'static str,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error("the lab's etcd certificates")]
+    Pki(#[from] crate::pki::Error),
     #[error("etcd did not become healthy (see {log})")]
     NotReady {
         log: PathBuf,
@@ -84,9 +101,15 @@ impl Etcd {
         SocketAddr::V4(SocketAddrV4::new(self.address.addr(), CLIENT_PORT))
     }
 
-    /// `http://10.245.2.254:2379`, what flaxd is given.
+    /// `https://10.245.2.254:2379`, what flaxd is given.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.client_addr())
+        format!("https://{}", self.client_addr())
+    }
+
+    /// The lab's CA, etcd's server certificate and the lab's `root` client
+    /// certificate.
+    pub fn pki(&self) -> crate::pki::Pki {
+        crate::pki::Pki::new(self.dir.join("pki"))
     }
 
     pub fn log_file(&self) -> PathBuf {
@@ -115,12 +138,20 @@ impl Etcd {
     fn command(&self, lab: &str, underlay: &Underlay) -> std::process::Command {
         let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{PEER_PORT}");
+        let pki = self.pki();
         let mut cmd = underlay.netns.command(PROGRAM);
         cmd.args(["--name", lab])
             .arg("--data-dir")
             .arg(self.dir.join("data"))
             .arg(format!("--listen-client-urls={client}"))
             .arg(format!("--advertise-client-urls={client}"))
+            .arg("--client-cert-auth")
+            .arg(format!("--trusted-ca-file={}", pki.ca_cert().display()))
+            .arg(format!("--cert-file={}", pki.server().cert.display()))
+            .arg(format!("--key-file={}", pki.server().key.display()))
+            .arg(format!(
+                "--listen-metrics-urls=http://127.0.0.1:{METRICS_PORT}"
+            ))
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
             .arg(format!("--initial-cluster={lab}={peer}"))
@@ -154,6 +185,14 @@ impl Etcd {
             dir: self.dir.clone(),
             source,
         })?;
+        let pki = self.pki();
+        pki.create(&[
+            std::net::IpAddr::V4(self.address.addr()),
+            std::net::IpAddr::V4(Ipv4Addr::LOCALHOST),
+        ])
+        .map_err(Error::Pki)?;
+        pki.issue_client(crate::etcd_auth::ROOT, &pki.client(crate::etcd_auth::ROOT))
+            .map_err(Error::Pki)?;
         let pid = process::spawn(&mut self.command(lab, underlay), &self.log_file())
             .map_err(|e| Error::Process(Box::new(e)))?;
         self.pid = Some(pid);
@@ -163,15 +202,18 @@ impl Etcd {
             self.healthy(underlay).then_some(())
         })
         .map_err(|source| Error::NotReady { log, source })?;
-        tracing::info!(pid, endpoint = %self.endpoint(), "etcd up");
+        crate::etcd_auth::enable(self, underlay)?;
+        tracing::info!(pid, endpoint = %self.endpoint(), "etcd up (TLS, client certificates, auth on)");
         Ok(())
     }
 
-    /// True when etcd answers `GET /health` with `"health":"true"`.
+    /// True when etcd answers `GET /health` with `"health":"true"` (on its
+    /// metrics listener: the client port wants a client certificate).
     pub fn healthy(&self, underlay: &Underlay) -> bool {
+        let metrics = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, METRICS_PORT));
         underlay
             .netns
-            .http_get(self.client_addr(), "/health", PROBE_TIMEOUT)
+            .http_get(metrics, "/health", PROBE_TIMEOUT)
             .is_ok_and(|(status, body)| status == 200 && body.contains(r#""health":"true""#))
     }
 
@@ -198,7 +240,7 @@ mod tests {
     fn plan_addresses() {
         let e = Etcd::plan(Path::new("/run/linen-lab/a"), 3);
         assert_eq!(e.address.to_string(), "10.245.2.254/24");
-        assert_eq!(e.endpoint(), "http://10.245.2.254:2379");
+        assert_eq!(e.endpoint(), "https://10.245.2.254:2379");
         assert_eq!(e.dir, PathBuf::from("/run/linen-lab/a/etcd"));
         assert_eq!(
             e.log_file(),
@@ -221,9 +263,17 @@ mod tests {
             "{line}"
         );
         assert!(
-            line.contains("--listen-client-urls=http://10.245.2.254:2379"),
+            line.contains("--listen-client-urls=https://10.245.2.254:2379"),
             "{line}"
         );
+        for want in [
+            "--client-cert-auth",
+            "--trusted-ca-file=/run/linen-lab/a/etcd/pki/ca.pem",
+            "--cert-file=/run/linen-lab/a/etcd/pki/server.pem",
+            "--key-file=/run/linen-lab/a/etcd/pki/server-key.pem",
+        ] {
+            assert!(line.contains(want), "{want} in {line}");
+        }
         assert!(
             line.contains("--listen-peer-urls=http://127.0.0.1:2380"),
             "{line}"

@@ -122,6 +122,15 @@ impl Node {
         self.run_dir.join("flaxd.log")
     }
 
+    /// This node's etcd client certificate (common name: the node's name)
+    /// and key.
+    pub fn etcd_client_files(&self) -> crate::pki::CertFiles {
+        crate::pki::CertFiles {
+            cert: self.run_dir.join("etcd-client.pem"),
+            key: self.run_dir.join("etcd-client-key.pem"),
+        }
+    }
+
     /// Where flaxd serves `/metrics` and `/healthz`.
     pub fn metrics_addr(&self) -> SocketAddr {
         SocketAddr::new(IpAddr::V4(self.underlay_ip.addr()), METRICS_PORT)
@@ -159,6 +168,9 @@ pub fn args(node: &Node, etcd: &Etcd) -> Vec<String> {
         format!("--etcd-endpoints={}", etcd.endpoint()),
         format!("--etcd-prefix={}", etcd::PREFIX),
         format!("--etcd-lease-ttl={}", etcd.lease_ttl),
+        format!("--etcd-ca-cert={}", etcd.pki().ca_cert().display()),
+        format!("--etcd-cert={}", node.etcd_client_files().cert.display()),
+        format!("--etcd-key={}", node.etcd_client_files().key.display()),
         format!("--node-name={}", node.name),
         format!("--vtep={}", node.underlay_ip.addr()),
         format!("--underlay-mtu={}", node.underlay_mtu),
@@ -171,6 +183,7 @@ pub fn args(node: &Node, etcd: &Etcd) -> Vec<String> {
         format!("--network-name={NETWORK_NAME}"),
         format!("--linux-bridge={LINUX_BRIDGE}"),
         format!("--ipam-data-dir={}", node.ipam_dir().display()),
+        format!("--host-port-dir={}", node.host_port_dir().display()),
         format!("--metrics-addr={}", node.metrics_addr()),
     ]
     .into();
@@ -239,13 +252,15 @@ pub fn stop_in(node: &str, run_dir: &Path, pid: Option<i32>, mode: StopMode) -> 
     Ok(())
 }
 
-/// The explicit departure of `node`: `flaxd --leave` inside the node with its
-/// own flags revokes its lease and deletes its record, so every peer drops
-/// it at once. Run it once the node's flaxd is stopped (a running flaxd
-/// registers its node again).
+/// The explicit departure of `node`: `flaxd --leave --release-subnet` inside
+/// the node with its own flags revokes its lease and deletes its record, so
+/// every peer drops it at once, and releases its pod subnet (the lab deletes
+/// the node's pods with it). Run it once the node's flaxd is stopped (a
+/// running flaxd registers its node again).
 pub fn leave(bin: &Path, node: &Node, etcd: &Etcd) -> Result<()> {
     let mut cmd = node.netns.command(&bin.to_string_lossy());
-    cmd.args(args(node, etcd)).arg("--leave");
+    cmd.args(args(node, etcd))
+        .args(["--leave", "--release-subnet"]);
     cmd.env("FLAXD_LOG", "info");
     let out = cmd.output().map_err(|source| Error::LeaveSpawn {
         node: node.name.clone(),
@@ -334,14 +349,18 @@ mod tests {
         let spoke = args(&state.nodes[2], etcd);
         for want in [
             "--source=etcd",
-            "--etcd-endpoints=http://10.245.2.254:2379",
+            "--etcd-endpoints=https://10.245.2.254:2379",
+            "--etcd-ca-cert=/run/linen-lab/f/etcd/pki/ca.pem",
+            "--etcd-cert=/run/linen-lab/f/n3/etcd-client.pem",
+            "--etcd-key=/run/linen-lab/f/n3/etcd-client-key.pem",
             "--etcd-lease-ttl=3",
             "--node-name=f-n3",
             "--vtep=10.245.2.3",
             "--ovsdb=unix:/run/linen-lab/f/n3/db.sock",
             "--datapath=netdev",
             "--pod-cidr=10.244.3.0/24",
-            "--conflist=/run/linen-lab/f/n3/net.d/linen.conflist",
+            "--conflist=/run/linen-lab/f/n3/net.d/10-linen.conflist",
+            "--host-port-dir=/run/linen-lab/f/n3/hostports",
             "--network-name=linen-lab",
             "--ipam-data-dir=/run/linen-lab/f/n3/ipam",
             "--metrics-addr=10.245.2.3:9109",

@@ -32,6 +32,7 @@ pub mod cmd;
 pub mod conflist;
 mod daemons;
 pub mod etcd;
+pub mod etcd_auth;
 pub mod flaxd;
 pub mod manage;
 mod members;
@@ -40,8 +41,10 @@ pub mod node;
 pub mod overlay;
 pub mod ovs;
 pub mod ping;
+pub mod pki;
 pub mod pod;
 pub mod preflight;
+pub mod probe;
 pub mod process;
 pub mod report;
 pub mod spec;
@@ -92,6 +95,8 @@ pub enum Error {
     Etcd(#[from] etcd::Error),
     #[error(transparent)]
     Flaxd(#[from] flaxd::Error),
+    #[error(transparent)]
+    Probe(#[from] probe::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

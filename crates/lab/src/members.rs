@@ -34,8 +34,18 @@ impl Cluster {
 
     /// Adds one pod to the node named `node` (`<lab>-n<i>`, `n<i>` or `<i>`).
     pub fn add_pod(&mut self, node: &str) -> Result<Pod> {
+        self.add_pod_with_ports(node, &[])
+    }
+
+    /// [`Cluster::add_pod`] for a pod asking for `host_ports` (passed to the chain as
+    /// `runtimeConfig.portMappings`, as kubelet's runtime does for `hostPort`).
+    pub fn add_pod_with_ports(
+        &mut self,
+        node: &str,
+        host_ports: &[pod::PortMapping],
+    ) -> Result<Pod> {
         let index = self.known_node(node)?.index;
-        let mut added = self.add_pods(&[(index, 1)])?;
+        let mut added = self.add_pods_with(&[(index, 1)], host_ports)?;
         Ok(added.remove(0))
     }
 
@@ -43,11 +53,20 @@ impl Cluster {
     /// one node one after another. Pods whose ADD failed are undone and
     /// dropped from the state; the first failure is returned after all ran.
     pub fn add_pods(&mut self, plan: &[(u8, u16)]) -> Result<Vec<Pod>> {
+        self.add_pods_with(plan, &[])
+    }
+
+    fn add_pods_with(
+        &mut self,
+        plan: &[(u8, u16)],
+        host_ports: &[pod::PortMapping],
+    ) -> Result<Vec<Pod>> {
         let mut planned: Vec<Pod> = Vec::new();
         for &(node, count) in plan {
             let first = pod::next_index(&self.state, node);
             for i in 0..count {
-                let p = Pod::plan(&self.state.name, node, first + i);
+                let mut p = Pod::plan(&self.state.name, node, first + i);
+                p.host_ports = host_ports.to_vec();
                 self.state.pods.push(p.clone());
                 planned.push(p);
             }
@@ -190,6 +209,7 @@ impl Cluster {
         flaxd::stop(&node, flaxd::StopMode::Clean)?;
         if let Some(etcd) = &self.state.etcd {
             flaxd::leave(&flaxd::binary()?, &node, etcd)?;
+            crate::etcd_auth::revoke_node(etcd, &self.state.underlay, &node.name)?;
         }
         node.ovs().stop()?;
         // Deleting the namespace removes its uplink's veth pair too.

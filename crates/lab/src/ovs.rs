@@ -153,15 +153,7 @@ impl Ovs {
             )?;
         }
 
-        let mut server = ovs.in_netns(Daemon::OvsdbServer.name());
-        server.arg(&db).args([
-            format!("--remote=punix:{}", sock.display()),
-            format!("--pidfile={}", ovs.pid_file(Daemon::OvsdbServer).display()),
-            format!("--log-file={}", ovs.log_file(Daemon::OvsdbServer).display()),
-            "--detach".into(),
-        ]);
-        ovs.run("start ovsdb-server", &mut server)?;
-        ovs.await_ready(Daemon::OvsdbServer, || UnixStream::connect(&sock).is_ok())?;
+        ovs.start_ovsdb_server()?;
         ovs.run(
             "initialise the database",
             ovs.vsctl().args(["--no-wait", "init"]),
@@ -170,6 +162,26 @@ impl Ovs {
         ovs.start_vswitchd()?;
         tracing::info!(netns = ovs.netns.name(), dir = %ovs.dir.display(), "OVS up");
         Ok(ovs)
+    }
+
+    /// Starts ovsdb-server inside the namespace over the existing database and
+    /// returns once it accepts connections on its socket. Used by [`Ovs::start`]
+    /// and to restart a crashed one: the configuration is the database file, so
+    /// nothing is lost; ovs-vswitchd keeps forwarding meanwhile and reconnects.
+    pub fn start_ovsdb_server(&self) -> Result<()> {
+        let sock = self.db_socket();
+        let mut server = self.in_netns(Daemon::OvsdbServer.name());
+        server.arg(self.dir.join("conf.db")).args([
+            format!("--remote=punix:{}", sock.display()),
+            format!("--pidfile={}", self.pid_file(Daemon::OvsdbServer).display()),
+            format!(
+                "--log-file={}",
+                self.log_file(Daemon::OvsdbServer).display()
+            ),
+            "--detach".into(),
+        ]);
+        self.run("start ovsdb-server", &mut server)?;
+        self.await_ready(Daemon::OvsdbServer, || UnixStream::connect(&sock).is_ok())
     }
 
     /// Starts ovs-vswitchd inside the namespace (ovsdb-server runs) and

@@ -92,6 +92,67 @@ pub struct Pod {
     pub gateway: Option<Ipv4Addr>,
     pub mac: Option<String>,
     pub mtu: Option<u32>,
+    /// hostPorts the pod asks for: passed to the chain as `runtimeConfig.portMappings`
+    /// (on ADD and DEL alike, as a container runtime does).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_ports: Vec<PortMapping>,
+}
+
+/// One hostPort of a pod: `HOST:CONTAINER[/PROTO]` on the command line, e.g. `8080:80/tcp`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMapping {
+    pub host_port: u16,
+    pub container_port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+}
+
+impl PortMapping {
+    /// The CNI conventions' form, as the `portmap` plugin reads it.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "hostPort": self.host_port,
+            "containerPort": self.container_port,
+            "protocol": self.protocol,
+        })
+    }
+}
+
+impl std::str::FromStr for PortMapping {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (ports, protocol) = match s.split_once('/') {
+            Some((p, proto)) => (p, proto.to_ascii_lowercase()),
+            None => (s, "tcp".to_owned()),
+        };
+        if protocol != "tcp" && protocol != "udp" {
+            return Err(format!("{s:?}: protocol must be tcp or udp"));
+        }
+        let port = |p: &str| {
+            p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+                format!("{s:?}: {p:?} is not a port (1-65535); use HOST:CONTAINER[/tcp|udp]")
+            })
+        };
+        let (host, container) = ports
+            .split_once(':')
+            .ok_or_else(|| format!("{s:?}: use HOST:CONTAINER[/tcp|udp], e.g. 8080:80/tcp"))?;
+        Ok(PortMapping {
+            host_port: port(host)?,
+            container_port: port(container)?,
+            protocol,
+        })
+    }
+}
+
+impl std::fmt::Display for PortMapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}/{}",
+            self.host_port, self.container_port, self.protocol
+        )
+    }
 }
 
 impl Pod {
@@ -109,6 +170,7 @@ impl Pod {
             gateway: None,
             mac: None,
             mtu: None,
+            host_ports: Vec::new(),
         }
     }
 
@@ -119,12 +181,19 @@ impl Pod {
 
     /// The attachment parameters of this pod.
     pub fn runtime_conf(&self) -> RuntimeConf {
-        RuntimeConf {
+        let mut rt = RuntimeConf {
             container_id: self.container_id.clone(),
             netns: self.netns.path(),
             ifname: self.ifname.clone(),
             ..RuntimeConf::default()
+        };
+        if !self.host_ports.is_empty() {
+            rt.capability_args.insert(
+                "portMappings".into(),
+                self.host_ports.iter().map(PortMapping::to_json).collect(),
+            );
         }
+        rt
     }
 }
 
@@ -342,6 +411,37 @@ mod tests {
             PathBuf::from("/var/run/netns/demo-n2-p3")
         );
         assert!(crate::spec::is_lab_netns("demo", p.netns.name()));
+    }
+
+    #[test]
+    fn host_ports_parse_and_reach_the_runtime_config() {
+        let m: PortMapping = "8080:80/tcp".parse().unwrap();
+        assert_eq!(
+            m,
+            PortMapping {
+                host_port: 8080,
+                container_port: 80,
+                protocol: "tcp".into()
+            }
+        );
+        assert_eq!(
+            "53:5353/UDP".parse::<PortMapping>().unwrap().protocol,
+            "udp"
+        );
+        assert_eq!(
+            "81:80".parse::<PortMapping>().unwrap().to_string(),
+            "81:80/tcp"
+        );
+        for bad in ["80", "0:80", "80:70000", "x:80", "80:80/icmp", ""] {
+            assert!(bad.parse::<PortMapping>().is_err(), "{bad}");
+        }
+        let mut p = Pod::plan("demo", 1, 1);
+        assert!(p.runtime_conf().capability_args.is_empty());
+        p.host_ports.push(m);
+        assert_eq!(
+            p.runtime_conf().capability_args["portMappings"],
+            serde_json::json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}])
+        );
     }
 
     #[test]

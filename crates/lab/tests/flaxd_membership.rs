@@ -27,7 +27,7 @@ fn a_joining_node_gets_tunnels_from_every_flaxd_and_its_pods_ping_the_others() {
     ));
     eprintln!("up (etcd, 3x1): {:.1}s", started.elapsed().as_secs_f64());
     assert!(
-        up.contains("membership: etcd at http://10.245.2.254:2379"),
+        up.contains("membership: etcd at https://10.245.2.254:2379"),
         "{up}"
     );
     let before = state(&lab);

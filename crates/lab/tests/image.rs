@@ -332,11 +332,13 @@ fn the_image_imports_installs_the_plugins_and_runs_flaxd_on_a_lab_node() {
     );
     let mut args = vec!["run", "-d", "--log-uri", &log, "--with-ns", &netns];
     args.extend(LEAST);
+    // As deploy/linen.yaml: CAP_NET_ADMIN only, for the egress masquerade (nft).
+    args.extend(["--cap-add", "CAP_NET_ADMIN"]);
     args.extend(["--mount", &m_ovs, "--mount", &m_conf]);
     args.extend([name.as_str(), "flaxd-test", "/usr/local/bin/flaxd"]);
     args.extend(flaxd_args.iter().map(String::as_str));
     ctrd.ctr_ok(&args);
-    // The task really runs with no capability at all.
+    // The task really runs with CAP_NET_ADMIN (bit 12) and no other capability.
     let tasks = ctrd.ctr_ok(&["tasks", "list"]);
     let pid: i32 = tasks
         .lines()
@@ -350,7 +352,7 @@ fn the_image_imports_installs_the_plugins_and_runs_flaxd_on_a_lab_node() {
             .find_map(|l| l.strip_prefix(set))
             .unwrap()
             .trim();
-        assert_eq!(caps, "0000000000000000", "{set} of flaxd in the container");
+        assert_eq!(caps, "0000000000001000", "{set} of flaxd in the container");
     }
     let log_text =
         || std::fs::read_to_string(ctrd.dir.path().join("flaxd.log")).unwrap_or_default();
@@ -377,6 +379,18 @@ fn the_image_imports_installs_the_plugins_and_runs_flaxd_on_a_lab_node() {
         Duration::from_secs(20),
         || (n2.flaxd_health() == linen_lab::flaxd::Health::Healthy).then_some(()),
     );
+    // The image's nft works: flaxd's masquerade table is in n2's namespace, and flaxd says so.
+    let (_, metrics) = n2
+        .netns
+        .http_get(n2.metrics_addr(), "/metrics", Duration::from_secs(5))
+        .expect("flaxd's metrics");
+    assert!(
+        metrics.contains("flaxd_ip_masq_rules_ok 1"),
+        "{metrics}\nflaxd log:\n{}",
+        log_text()
+    );
+    let tables = common::run(n2.netns.command("nft").args(["list", "tables"]));
+    assert!(tables.contains("table inet linen"), "{tables}");
     // The kit's matrix (each pair retried until one deadline), with flaxd's log on failure.
     let matrix = common::ping_matrix(&state);
     assert!(

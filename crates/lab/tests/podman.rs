@@ -42,6 +42,9 @@ fn require_tools() {
 /// A test-private podman: every file it writes is under `dir`, removed on drop.
 struct Podman {
     dir: tempfile::TempDir,
+    /// podman's cgroups (its container's and conmon's, which podman 4.3 leaves
+    /// behind) go under this test-owned parent, removed on drop.
+    cgroups: testkit::cgroup::Guard,
 }
 
 impl Podman {
@@ -50,6 +53,7 @@ impl Podman {
     fn new(conflist: &serde_json::Value, plugin_dirs: &[PathBuf]) -> Self {
         let podman = Podman {
             dir: testkit::tempdir().expect("temp dir"),
+            cgroups: testkit::cgroup::Guard::new(testkit::name("podman")),
         };
         let d = podman.dir.path();
         for sub in ["net.d", "root", "runroot", "tmp", "runc", "rootfs/bin"] {
@@ -144,10 +148,11 @@ runc = ["{runc}"]
             node,
             &format!(
                 "$PODMAN import {tar} {IMAGE} >/dev/null\n\
-                 $PODMAN run --rm --network {net} --cap-add NET_RAW \
+                 $PODMAN run --rm --network {net} --cap-add NET_RAW --cgroup-parent {cg} \
                  --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 {IMAGE} /bin/sh -c '{command}'",
                 tar = tar.display(),
                 net = conflist::NETWORK_NAME,
+                cg = self.cgroups.parent(),
             ),
         )
     }
@@ -173,6 +178,8 @@ fn podman_container_on_a_linen_network_pings_a_pod_on_another_node() {
         .into_iter()
         .filter(|p| !Path::new(p).exists())
         .collect();
+    // podman's default cgroup parent, where a leak would land if the test's were ignored.
+    let default_cgroups_before = testkit::cgroup::existing("libpod_parent");
     let lab = TestLab::new();
     let mut cluster = Cluster::up(ClusterSpec {
         pods_per_node: 1,
@@ -230,7 +237,23 @@ fn podman_container_on_a_linen_network_pings_a_pod_on_another_node() {
 
     // `--rm` ran CNI DEL through the chain: host-local released the address.
     assert_eq!(leases(n1), pods_before);
+    // Its cgroups went where the test told podman to put them, and nowhere else...
+    let cgroup = podman.cgroups.name().to_owned();
+    assert!(
+        !testkit::cgroup::existing(&cgroup).is_empty(),
+        "podman made no cgroup under /{cgroup}"
+    );
+    assert_eq!(
+        testkit::cgroup::existing("libpod_parent"),
+        default_cgroups_before
+    );
+    // ...and the guard removed them (podman 4.3 leaves conmon's).
     drop(podman);
+    assert!(
+        testkit::cgroup::existing(&cgroup).is_empty(),
+        "{:?}",
+        testkit::cgroup::existing(&cgroup)
+    );
     for path in absent_before {
         assert!(!Path::new(path).exists(), "podman left {path} on the host");
     }

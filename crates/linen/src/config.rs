@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde_json::Value;
 
 use crate::model::{BridgeSpec, Source, TunnelSpec};
-use crate::naming::is_valid_ifname;
+use crate::naming::is_creatable_ifname;
 
 /// Default OVS bridge name (the seed's).
 pub const DEFAULT_BRIDGE: &str = "br0";
@@ -38,7 +38,7 @@ pub enum ConfigError {
         why: &'static str,
     },
     #[error(
-        "field `ovsBridge`: {0:?} is not a valid interface name (1-15 bytes, no '/', ':' or whitespace)"
+        "field `ovsBridge`: {0:?} is not a name Linen creates an interface with (1-15 bytes of ASCII letters, digits, '-', '_' and '.'; not '.' or '..')"
     )]
     BadBridgeName(String),
     #[error(
@@ -62,6 +62,11 @@ pub enum ConfigError {
         "field `{0}` is set both at the top level and under runtimeConfig.ovs with different values"
     )]
     Conflict(&'static str),
+    #[error("field `hostPortDir`: {0:?} is not an absolute path")]
+    BadHostPortDir(String),
+    /// `runtimeConfig.portMappings` is malformed (the message says how).
+    #[error("{0}")]
+    PortMappings(String),
 }
 
 /// The OVS datapath a bridge uses: `system` (the kernel module, production) or `netdev`
@@ -120,6 +125,10 @@ pub struct LinenConfig {
     pub mtu: Option<u32>,
     /// The underlay MTU, when it should not be detected from the route to the VTEPs.
     pub underlay_mtu: Option<u32>,
+    /// Where hostPort holders are recorded ([`crate::hostport`]).
+    pub host_port_dir: std::path::PathBuf,
+    /// The hostPorts this pod asks for (`runtimeConfig.portMappings`), sorted.
+    pub host_ports: Vec<crate::hostport::HostPort>,
 }
 
 impl LinenConfig {
@@ -148,7 +157,7 @@ impl LinenConfig {
                 let s = v
                     .as_str()
                     .ok_or_else(|| wrong("ovsBridge", "a string", v))?;
-                if !is_valid_ifname(s) {
+                if !is_creatable_ifname(s) {
                     return Err(ConfigError::BadBridgeName(s.to_owned()));
                 }
                 s.to_owned()
@@ -211,6 +220,20 @@ impl LinenConfig {
         };
         let mtu = opt_u32(conf, "mtu", 68, 65535)?;
         let underlay_mtu = opt_u32(conf, "underlayMTU", 68, 65535)?;
+        let host_port_dir = match conf.get("hostPortDir").filter(|v| !v.is_null()) {
+            None => crate::hostport::DEFAULT_DIR.into(),
+            Some(v) => {
+                let s = v
+                    .as_str()
+                    .ok_or_else(|| wrong("hostPortDir", "a string", v))?;
+                if !s.starts_with('/') {
+                    return Err(ConfigError::BadHostPortDir(s.to_owned()));
+                }
+                s.into()
+            }
+        };
+        let host_ports = crate::hostport::from_runtime_config(conf)
+            .map_err(|e| ConfigError::PortMappings(e.to_string()))?;
 
         Ok(LinenConfig {
             is_master,
@@ -222,6 +245,8 @@ impl LinenConfig {
             key,
             mtu,
             underlay_mtu,
+            host_port_dir,
+            host_ports,
         })
     }
 }
@@ -470,6 +495,10 @@ mod tests {
             (json!({"ovsBridge": 3}), "ovsBridge"),
             (json!({"ovsBridge": "a-very-long-bridge-name"}), "ovsBridge"),
             (json!({"ovsBridge": "br/0"}), "ovsBridge"),
+            (json!({"ovsBridge": "brà"}), "ovsBridge"),
+            (json!({"ovsBridge": "%s%n"}), "ovsBridge"),
+            (json!({"ovsBridge": "br%d"}), "ovsBridge"),
+            (json!({"ovsBridge": "..\\.."}), "ovsBridge"),
             (json!({"vtepIPs": "10.0.0.1"}), "vtepIPs"),
             (json!({"vtepIPs": ["10.0.0.1", "banana"]}), "vtepIPs[1]"),
             (json!({"vtepIPs": ["10.0.0.1", 7]}), "vtepIPs[1]"),

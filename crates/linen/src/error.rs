@@ -14,6 +14,8 @@ pub mod code {
     pub const NO_INTERNAL_PORT: u32 = 102;
     /// CHECK found the overlay not as configured.
     pub const CHECK_FAILED: u32 = 110;
+    /// A hostPort this pod asks for is held by another pod of the node.
+    pub const HOST_PORT_TAKEN: u32 = 103;
 }
 
 /// The CNI verb an error happened in: some errors map to different codes per verb.
@@ -62,10 +64,20 @@ pub enum Error {
         other: String,
         wanted: String,
     },
+    #[error(
+        "link {name} (index {index}) is not the internal port of Linen's OVS bridge {name} ({why}); Linen does not attach links it did not create: pick another ovsBridge or remove the link"
+    )]
+    LinkNotOurs {
+        name: String,
+        index: u32,
+        why: String,
+    },
     #[error("ovs-vswitchd did not create the internal port of bridge {bridge}{}", why.as_ref().map(|w| format!(": {w}")).unwrap_or_default())]
     NoInternalPort { bridge: String, why: Option<String> },
     #[error("check failed: {0}")]
     Check(String),
+    #[error(transparent)]
+    HostPort(#[from] crate::hostport::HostPortError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
 }
@@ -117,9 +129,14 @@ impl Error {
             }
             Error::PodNetns { .. } => E::UNKNOWN_CONTAINER,
             Error::PodLinkMissing { .. } => E::UNKNOWN_CONTAINER,
-            Error::AttachedElsewhere { .. } => code::CONFLICT,
+            Error::AttachedElsewhere { .. } | Error::LinkNotOurs { .. } => code::CONFLICT,
             Error::NoInternalPort { .. } => code::NO_INTERNAL_PORT,
             Error::Check(_) => code::CHECK_FAILED,
+            Error::HostPort(crate::hostport::HostPortError::Taken { .. }) => code::HOST_PORT_TAKEN,
+            Error::HostPort(crate::hostport::HostPortError::BadMapping(_)) => {
+                E::INVALID_NETWORK_CONFIG
+            }
+            Error::HostPort(crate::hostport::HostPortError::Io { .. }) => E::IO_FAILURE,
             Error::Link(_) | Error::Runtime(_) => E::IO_FAILURE,
         };
         E::new(code, msg, details)

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod error;
+pub mod hostport;
 pub mod install;
 pub mod link;
 pub mod model;

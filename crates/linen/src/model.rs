@@ -8,6 +8,15 @@
 //! ([`REMOTE_KEY`]), never by parsing its name, and records who manages it
 //! ([`SOURCE_KEY`]): the plugin's `vtepIPs` or flaxd's membership.
 //!
+//! **One owner per tunnel.** Once a flaxd writes a bridge it marks it
+//! ([`TUNNELS_KEY`]=`flaxd`) and from then on owns its tunnels and controllers: it adopts
+//! tunnels the plugin made to members (rewriting their source) and removes Linen tunnels of
+//! either source to non-members. The plugin, on a bridge so marked, writes no tunnel and no
+//! controller: its `vtepIPs`/`controller` are ignored (it says so on stderr), so an ADD
+//! whose configuration disagrees with flaxd cannot undo flaxd's work. On an unmarked
+//! bridge (static membership, no flaxd) the plugin manages its own tunnels as before, and
+//! treats any flaxd-sourced tunnel as read-only.
+//!
 //! [`plan`] is pure: desired state + observed rows -> the operations to apply.
 //! Applying them is `crate::ovs`' job.
 
@@ -29,6 +38,9 @@ pub const REMOTE_KEY: &str = "linen-remote-ip";
 pub const SOURCE_KEY: &str = "linen-source";
 /// `external_ids` key naming the peer node of a flaxd-managed tunnel.
 pub const PEER_KEY: &str = "linen-peer";
+/// Bridge `external_ids` key naming who manages the bridge's tunnels and controllers:
+/// [`Source::Flaxd`] once a flaxd has written the bridge (see [`plan`]).
+pub const TUNNELS_KEY: &str = "linen-tunnels";
 /// The bridge's fail mode: NORMAL switching when no controller is connected.
 pub const FAIL_MODE: &str = "standalone";
 
@@ -201,6 +213,11 @@ impl ObservedPort {
 }
 
 impl ObservedBridge {
+    /// Whether a flaxd owns this bridge's tunnels and controllers ([`TUNNELS_KEY`]).
+    pub fn managed_by_flaxd(&self) -> bool {
+        self.external_ids.get(TUNNELS_KEY).map(String::as_str) == Some(Source::Flaxd.as_str())
+    }
+
     /// Linen's tunnel ports on this bridge, by remote address.
     pub fn owned_tunnels(&self) -> BTreeMap<IpAddr, &ObservedPort> {
         self.ports
@@ -217,6 +234,12 @@ pub enum Op {
     CreateBridge {
         spec: BridgeSpec,
         tunnels: Vec<TunnelSpec>,
+        /// flaxd is creating it: mark it as flaxd's ([`TUNNELS_KEY`]).
+        flaxd: bool,
+    },
+    /// Mark the bridge's tunnels and controllers as flaxd's ([`TUNNELS_KEY`]).
+    MarkFlaxd {
+        bridge: String,
     },
     /// Set the bridge's fail mode to standalone.
     SetFailMode {
@@ -278,18 +301,23 @@ pub enum PlanError {
 /// What the caller knows about ports outside the bridge: name -> owning bridge's name.
 pub type PortsElsewhere = BTreeMap<String, String>;
 
-/// Computes the operations that take `observed` to `spec` + `tunnels`.
+/// Computes the operations that take `observed` to `spec` + `tunnels`, for `writer`: the
+/// plugin (`Some(CniConfig)`), flaxd (`Some(Flaxd)`), or a reader comparing (`None`: the
+/// plugin's view, without removals).
 ///
-/// Tunnels are matched by remote address. Owned tunnels whose source is `prune` and whose
-/// remote is not wanted are deleted; tunnels from the other source are left alone. Rows
-/// Linen does not own are never changed: a conflict is an error.
+/// Tunnels are matched by remote address. Rows Linen does not own are never changed: a
+/// conflict is an error. Ownership between the plugin and flaxd is the module doc's rule:
+/// flaxd adopts and prunes every Linen tunnel on a bridge it marks; the plugin leaves a
+/// marked bridge's tunnels and controllers alone, never rewrites or removes a
+/// flaxd-sourced tunnel, and prunes only its own.
 pub fn plan(
     spec: &BridgeSpec,
     tunnels: &[TunnelSpec],
     observed: Option<&ObservedBridge>,
     elsewhere: &PortsElsewhere,
-    prune: Option<Source>,
+    writer: Option<Source>,
 ) -> Result<Vec<Op>, PlanError> {
+    let flaxd = writer == Some(Source::Flaxd);
     let Some(obs) = observed else {
         for t in tunnels {
             check_free(&t.name(), t.remote, None, elsewhere)?;
@@ -297,6 +325,7 @@ pub fn plan(
         return Ok(vec![Op::CreateBridge {
             spec: spec.clone(),
             tunnels: tunnels.to_vec(),
+            flaxd,
         }]);
     };
     if !is_owned(&obs.external_ids) {
@@ -331,6 +360,15 @@ pub fn plan(
             bridge: bridge.clone(),
         });
     }
+    if obs.managed_by_flaxd() && !flaxd {
+        // flaxd's tunnels and controllers: the plugin writes none of them.
+        return Ok(ops);
+    }
+    if flaxd && !obs.managed_by_flaxd() {
+        ops.push(Op::MarkFlaxd {
+            bridge: bridge.clone(),
+        });
+    }
 
     let (owned_ctl, foreign_ctl): (Vec<_>, Vec<_>) = obs
         .controllers
@@ -351,13 +389,17 @@ pub fn plan(
 
     let existing = obs.owned_tunnels();
     let wanted: BTreeSet<IpAddr> = tunnels.iter().map(|t| t.remote).collect();
+    // What this writer may rewrite or remove: flaxd every Linen tunnel, the plugin its own.
+    let writable = |port: &ObservedPort| flaxd || port.source() != Some(Source::Flaxd);
     for t in tunnels {
         let name = t.name();
         match existing.get(&t.remote) {
+            Some(port) if !writable(port) => {}
             Some(port) if port.name == name => {
                 let iface = port.interfaces.iter().find(|i| i.name == name);
                 let in_step = iface.is_some_and(|i| i.kind == "vxlan" && i.options == t.options())
-                    && port.protected == t.protected;
+                    && port.protected == t.protected
+                    && port.source() == Some(t.source);
                 match iface {
                     Some(i) if !in_step => ops.push(Op::UpdateTunnel {
                         port: port.uuid.clone(),
@@ -393,9 +435,10 @@ pub fn plan(
             }
         }
     }
-    if let Some(prune) = prune {
+    if writer.is_some() {
         for (remote, port) in &existing {
-            if !wanted.contains(remote) && port.source() == Some(prune) {
+            let prunable = flaxd || port.source() == Some(Source::CniConfig);
+            if !wanted.contains(remote) && prunable {
                 ops.push(delete_op(&bridge, port, *remote));
             }
         }

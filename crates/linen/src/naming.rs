@@ -34,16 +34,33 @@ pub fn tunnel_port_name(remote: IpAddr) -> String {
     }
 }
 
-/// Whether `name` is a valid Linux interface name: 1 to 15 bytes, not `.` or `..`, and no
-/// `/`, `:` or whitespace (the same rule the CNI spec gives for CNI_IFNAME).
+/// Whether `name` is a valid Linux interface name, by the kernel's own rule
+/// (`dev_valid_name`), on bytes: 1 to 15 bytes, not `.` or `..`, and no `/`, `:`, NUL or
+/// byte the kernel counts as whitespace (`\t \n \v \f \r`, space and 0xA0: so `brà`,
+/// whose UTF-8 ends in 0xA0, is refused). For names Linen looks up or passes on (the
+/// CNI spec's CNI_IFNAME rule is the same); names Linen creates follow [`is_creatable_ifname`].
 pub fn is_valid_ifname(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_IFNAME_LEN
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_IFNAME_LEN
         && name != "."
         && name != ".."
-        && !name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace())
+        && !b
+            .iter()
+            .any(|&c| matches!(c, b'/' | b':' | 0 | b'\t'..=b'\r' | b' ' | 0xa0))
+}
+
+/// Whether Linen may create an interface (an OVS bridge, whose internal port is a kernel
+/// link of the same name) called `name`: a valid name ([`is_valid_ifname`]) made only of
+/// ASCII letters, digits, `-`, `_` and `.`. Stricter than the kernel on purpose: `%` makes
+/// the kernel treat the name as a template (`br%d` becomes `br0`, a link Linen did not
+/// ask for), and bytes outside this set (quotes, backslashes, non-ASCII) are accepted by
+/// the kernel but not by every tool that handles interface names.
+pub fn is_creatable_ifname(name: &str) -> bool {
+    is_valid_ifname(name)
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
 fn fnv1a64(bytes: &[u8]) -> u64 {
@@ -99,7 +116,15 @@ mod tests {
 
     #[test]
     fn ifname_rule() {
-        for ok in ["br0", "a", "vxif10_245_2_2", "abcdefghijklmno"] {
+        for ok in [
+            "br0",
+            "a",
+            "vxif10_245_2_2",
+            "abcdefghijklmno",
+            "é",
+            "a%b",
+            "..\\..",
+        ] {
             assert!(is_valid_ifname(ok), "{ok}");
         }
         for bad in [
@@ -111,8 +136,26 @@ mod tests {
             "a:b",
             "a b",
             "a\tb",
+            "a\nb",
+            "a\0b",
+            // 'à' is 0xC3 0xA0 in UTF-8, and the kernel counts 0xA0 as whitespace.
+            "brà",
+            // Bytes, not chars: 8 two-byte chars are 16 bytes.
+            "éééééééé",
         ] {
             assert!(!is_valid_ifname(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn creatable_names_are_a_portable_subset() {
+        for ok in ["br0", "linen-br", "br_1.2", "abcdefghijklmno"] {
+            assert!(is_creatable_ifname(ok), "{ok}");
+        }
+        for bad in [
+            "br%d", "%s%n", "..\\..", "é", "a\"b", "a'b", "brà", "", "..", "a/b",
+        ] {
+            assert!(!is_creatable_ifname(bad), "{bad:?}");
         }
     }
 }

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::model::{
     self, BridgeSpec, FAIL_MODE, ObservedBridge, ObservedController, ObservedInterface,
-    ObservedPort, Op, PlanError, PortsElsewhere, Source, SslSpec, TunnelSpec,
+    ObservedPort, Op, PlanError, PortsElsewhere, Source, SslSpec, TUNNELS_KEY, TunnelSpec,
 };
 
 /// How often a transaction that lost a race is retried from a fresh read.
@@ -68,6 +68,9 @@ pub type Result<T, E = OvsError> = std::result::Result<T, E>;
 pub struct Ensured {
     /// The operations applied (empty when everything was in step).
     pub applied: Vec<Op>,
+    /// The bridge's tunnels and controllers are flaxd's (see [`model`]'s ownership rule):
+    /// the caller's, if it is the plugin, were left alone.
+    pub flaxd_managed: bool,
 }
 
 /// A connection to one OVSDB server.
@@ -188,8 +191,13 @@ impl Ovs {
         for _ in 0..MAX_ATTEMPTS {
             let (observed, elsewhere) = self.observe(&spec.name).await?;
             let plan = model::plan(spec, tunnels, observed.as_ref(), &elsewhere, prune)?;
+            let flaxd_managed = prune == Some(Source::Flaxd)
+                || observed.as_ref().is_some_and(|b| b.managed_by_flaxd());
             if plan.is_empty() {
-                return Ok(Ensured { applied: plan });
+                return Ok(Ensured {
+                    applied: plan,
+                    flaxd_managed,
+                });
             }
             let mut ops = Vec::new();
             let bridge_uuid = observed.as_ref().and_then(|b| b.uuid.parse::<Uuid>().ok());
@@ -206,7 +214,10 @@ impl Ovs {
                         continue;
                     }
                     self.wait_applied(&next_cfg, &res).await?;
-                    return Ok(Ensured { applied: plan });
+                    return Ok(Ensured {
+                        applied: plan,
+                        flaxd_managed,
+                    });
                 }
                 Err(e)
                     if e.is_constraint_violation()
@@ -354,8 +365,8 @@ impl Ovs {
             })
     }
 
-    /// The `error` column of the interface named `name`, if ovs-vswitchd set one.
-    pub async fn interface_error(&self, name: &str) -> Result<Option<String>> {
+    /// The Interface row named `name`, if there is one (one indexed lookup).
+    pub async fn interface(&self, name: &str) -> Result<Option<Interface>> {
         let res = self
             .transact(
                 vec![select::<Interface>(vec![Condition::eq("name", name)])],
@@ -367,7 +378,45 @@ impl Ovs {
             step: "decoding rows",
             source: e,
         })?;
-        Ok(ifaces.into_iter().find_map(|i| i.error))
+        Ok(ifaces.into_iter().next())
+    }
+
+    /// The `error` column of the interface named `name`, if ovs-vswitchd set one.
+    pub async fn interface_error(&self, name: &str) -> Result<Option<String>> {
+        Ok(self.interface(name).await?.and_then(|i| i.error))
+    }
+
+    /// Removes the bridge `name` (its ports and interfaces go with it) if it is Linen's,
+    /// and waits until ovs-vswitchd has applied that. Returns whether there was one to
+    /// remove. For an ADD that created the bridge and then could not use it: a refused
+    /// ADD leaves no row behind.
+    pub async fn remove_bridge(&self, name: &str) -> Result<bool> {
+        let res = self
+            .transact(
+                vec![
+                    Operation::select(Bridge::NAME, vec![Condition::eq("name", name)])
+                        .columns(["_uuid", "external_ids"]),
+                ],
+                "read of the bridge",
+            )
+            .await?;
+        let rows = res.first().and_then(|r| r.rows.as_deref()).unwrap_or(&[]);
+        let owned = rows.iter().find_map(|row| {
+            let ids = row.get("external_ids")?.as_string_map()?;
+            model::is_owned(&ids).then(|| row.get("_uuid")?.as_uuid())?
+        });
+        let Some(uuid) = owned else {
+            return Ok(false);
+        };
+        let mut ops = vec![Operation::mutate(
+            OpenVSwitch::NAME,
+            vec![],
+            vec![Mutation::delete("bridges", Datum::uuid(uuid))],
+        )];
+        let next_cfg = bump_next_cfg(&mut ops);
+        let res = self.transact(ops, "removal of the bridge").await?;
+        self.wait_applied(&next_cfg, &res).await?;
+        Ok(true)
     }
 
     /// A round trip to the server.
@@ -406,7 +455,11 @@ fn translate(
     // missing, the nil uuid matches no row: the write counts 0 rows and is retried.
     let on_bridge = || vec![Condition::uuid(bridge.unwrap_or_else(Uuid::nil))];
     match op {
-        Op::CreateBridge { spec, tunnels } => {
+        Op::CreateBridge {
+            spec,
+            tunnels,
+            flaxd,
+        } => {
             let mut ports = vec![internal_port(&spec.name, i, out)];
             for (j, t) in tunnels.iter().enumerate() {
                 ports.push(tunnel_port(t, &format!("{i}_{j}"), out));
@@ -418,11 +471,15 @@ fn translate(
                 .map(|(j, target)| controller(target, i, j, out))
                 .collect();
             let name = format!("br{i}");
+            let mut external_ids = spec.external_ids();
+            if *flaxd {
+                external_ids.insert(TUNNELS_KEY.to_owned(), Source::Flaxd.as_str().to_owned());
+            }
             let row = Bridge {
                 name: spec.name.clone(),
                 fail_mode: Some(FAIL_MODE.to_owned()),
                 datapath_type: spec.datapath.as_ovs().to_owned(),
-                external_ids: spec.external_ids(),
+                external_ids,
                 ..Default::default()
             }
             .to_row()
@@ -440,6 +497,20 @@ fn translate(
                 Bridge::NAME,
                 on_bridge(),
                 Row::new().with("fail_mode", FAIL_MODE),
+            ));
+        }
+        Op::MarkFlaxd { .. } => {
+            // Replace the key's value, whatever it was; the bridge's other ids stay.
+            out.push(Operation::mutate(
+                Bridge::NAME,
+                on_bridge(),
+                vec![
+                    Mutation::delete("external_ids", Datum::set([TUNNELS_KEY])),
+                    Mutation::insert(
+                        "external_ids",
+                        Datum::map([(TUNNELS_KEY, Source::Flaxd.as_str())]),
+                    ),
+                ],
             ));
         }
         Op::AddInternalPort { bridge: name } => {

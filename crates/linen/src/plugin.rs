@@ -29,14 +29,20 @@ impl Plugin for Linen {
             .map_err(|e| e.to_cni(Verb::Add))
     }
 
-    /// Linen keeps no per-attachment state: the bridge, its internal port and the tunnels
-    /// are shared by every pod on the node and outlive any one of them, and the pod's
-    /// veth (whose MTU ADD may have lowered) is removed by the bridge plugin. So DEL only
-    /// validates its input; it succeeds with OVS down or everything already gone.
+    /// The bridge, its internal port and the tunnels are shared by every pod on the node
+    /// and outlive any one of them, and the pod's veth (whose MTU ADD may have lowered) is
+    /// removed by the bridge plugin. Linen's only per-attachment state is the hostPorts the
+    /// pod holds ([`crate::hostport`]): DEL gives them back. It succeeds with OVS down or
+    /// everything already gone.
     fn del(&self, args: &CmdArgs) -> Result<(), cni::Error> {
         LinenConfig::from_json(&args.conf.raw)
-            .map(drop)
-            .map_err(|e| Error::from(e).to_cni(Verb::Del))
+            .map_err(Error::from)
+            .and_then(|cfg| {
+                crate::hostport::release(&cfg.host_port_dir, &args.container_id)
+                    .map(drop)
+                    .map_err(Error::from)
+            })
+            .map_err(|e| e.to_cni(Verb::Del))
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), cni::Error> {
@@ -56,12 +62,19 @@ impl Plugin for Linen {
         .map_err(|e| e.to_cni(Verb::Status))
     }
 
-    /// Nothing to collect: Linen keeps no per-attachment state (see DEL), and the shared
+    /// Gives back the hostPorts of attachments that are no longer valid; the shared
     /// overlay must survive any set of valid attachments, including none.
-    fn gc(&self, conf: &NetConf, _valid: &[Attachment]) -> Result<(), cni::Error> {
+    fn gc(&self, conf: &NetConf, valid: &[Attachment]) -> Result<(), cni::Error> {
         LinenConfig::from_json(&conf.raw)
-            .map(drop)
-            .map_err(|e| Error::from(e).to_cni(Verb::Gc))
+            .map_err(Error::from)
+            .and_then(|cfg| {
+                crate::hostport::release_where(&cfg.host_port_dir, |holder| {
+                    !valid.iter().any(|a| a.container_id == holder)
+                })
+                .map(drop)
+                .map_err(Error::from)
+            })
+            .map_err(|e| e.to_cni(Verb::Gc))
     }
 }
 
@@ -198,19 +211,59 @@ async fn add(
     prev: &types::Result,
     pod: PodSocket,
 ) -> Result<types::Result> {
+    // A hostPort another pod holds: refused before anything else is touched. The ports
+    // taken here are given back by the runtime's DEL if a later step fails.
+    crate::hostport::reserve(&cfg.host_port_dir, &args.container_id, &cfg.host_ports)?;
     let nl = Netlink::connect()?;
     let att = attached(prev, &args.ifname, &nl).await?;
     let plan = prepare(cfg, &nl).await?;
 
     let ovs = Ovs::connect(&plan.cfg.ovsdb).await?;
+    // Before any write: a link already named like the bridge must be that bridge's own
+    // internal port, never a link of someone else's that ADD would then enslave.
+    let before = nl.link_by_name(&plan.bridge.name).await?;
+    if let Some(link) = &before {
+        verify_internal(&ovs, &plan.bridge.name, link).await?;
+    }
     let ensured = ovs
         .ensure(&plan.bridge, &plan.tunnels, Some(Source::CniConfig))
         .await?;
     if !ensured.applied.is_empty() {
         tracing::info!(bridge = %plan.bridge.name, changes = ensured.applied.len(), "overlay updated");
     }
+    if ensured.flaxd_managed && (!plan.tunnels.is_empty() || !plan.bridge.controllers.is_empty()) {
+        tracing::warn!(
+            bridge = %plan.bridge.name,
+            "flaxd manages this bridge's tunnels and controllers: the configuration's vtepIPs and controller are ignored"
+        );
+    }
 
-    let internal = internal_link(&plan.bridge.name, &ovs, &nl).await?;
+    let internal = match before {
+        Some(link) => link,
+        None => {
+            // Created by this ADD (or by ovs-vswitchd just now): check it like the above,
+            // and if this ADD made the bridge and cannot use it, take the bridge away again.
+            let created = ensured
+                .applied
+                .iter()
+                .any(|op| matches!(op, model::Op::CreateBridge { .. }));
+            let found = match internal_link(&plan.bridge.name, &ovs, &nl).await {
+                Ok(link) => verify_internal(&ovs, &plan.bridge.name, &link)
+                    .await
+                    .map(|()| link),
+                Err(e) => Err(e),
+            };
+            match found {
+                Ok(link) => link,
+                Err(e) => {
+                    if created && let Err(undo) = ovs.remove_bridge(&plan.bridge.name).await {
+                        tracing::warn!(bridge = %plan.bridge.name, error = %undo, "cannot remove the bridge this ADD created");
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    };
     match internal.master {
         Some(m) if m == att.linux_bridge.index => {}
         Some(other) => {
@@ -273,6 +326,38 @@ async fn pod_link(args: &CmdArgs, pod: PodSocket) -> Result<(Netlink, Link)> {
     Ok((nl, link))
 }
 
+/// Whether `link` is the internal port of Linen's bridge `bridge`: OVS has Linen's internal
+/// Interface row of that name and reports `link`'s ifindex for it. Anything else is a link
+/// Linen did not create (a veth, a Linux bridge, another switch's port) and is refused.
+async fn verify_internal(ovs: &Ovs, bridge: &str, link: &Link) -> Result<()> {
+    let row = ovs.interface(bridge).await?;
+    let ours = row.as_ref().is_some_and(|i| {
+        model::is_owned(&i.external_ids)
+            && i.kind == "internal"
+            && i.ifindex == Some(i64::from(link.index))
+    });
+    if ours {
+        return Ok(());
+    }
+    Err(Error::LinkNotOurs {
+        name: link.name.clone(),
+        index: link.index,
+        why: match row {
+            None => "OVS has no interface of that name".into(),
+            Some(i) if !model::is_owned(&i.external_ids) => {
+                "its OVS interface was not created by Linen".into()
+            }
+            Some(i) => format!(
+                "OVS's interface {} (type {:?}) has ifindex {}{}",
+                i.name,
+                i.kind,
+                i.ifindex.map_or("none".into(), |x| x.to_string()),
+                i.error.map(|e| format!(", error: {e}")).unwrap_or_default()
+            ),
+        },
+    })
+}
+
 /// The bridge's internal link. When the database is in step but the link is missing
 /// (ovs-vswitchd restarted, or is still catching up), ask it to reconfigure once and look
 /// again; then report why it is missing.
@@ -321,7 +406,8 @@ async fn check(
             what.join("; ")
         )));
     }
-    for t in &plan.tunnels {
+    let flaxd_managed = observed.as_ref().is_some_and(|b| b.managed_by_flaxd());
+    for t in plan.tunnels.iter().filter(|_| !flaxd_managed) {
         if let Some(err) = ovs.interface_error(&t.name()).await? {
             return Err(Error::Check(format!(
                 "tunnel {} to {}: ovs-vswitchd reports: {err}",
@@ -375,6 +461,7 @@ fn describe(op: &model::Op) -> String {
     match op {
         Op::CreateBridge { spec, .. } => format!("bridge {} is missing", spec.name),
         Op::SetFailMode { .. } => format!("fail_mode is not {}", model::FAIL_MODE),
+        Op::MarkFlaxd { .. } => "the bridge is not marked as flaxd's".into(),
         Op::AddInternalPort { bridge } => format!("internal port {bridge} is missing"),
         Op::SetControllers { add, .. } if add.is_empty() => {
             "a controller is set but none is configured".into()

@@ -7,8 +7,10 @@
 //!   awaited when it does not come; [`Poll`] is the same policy for async callers.
 //! - [`process`]: children that die with the test process, even when it is killed.
 //! - [`binary`]: the binaries under test are this build's, not installed or stale ones.
+//! - [`cgroup`]: control groups a container runtime creates for a test, removed by a guard.
 
 pub mod binary;
+pub mod cgroup;
 pub mod process;
 pub mod require;
 mod wait;

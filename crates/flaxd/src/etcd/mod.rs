@@ -11,8 +11,8 @@
 //!   **Persistent, not under the lease**: a node that is down longer than the TTL still has
 //!   pods (and host-local's on-disk reservations) using addresses of its subnet, so handing
 //!   the subnet to another node would create duplicate addresses. A restarted node finds
-//!   its allocation by value and reuses it. Releasing a subnet of a decommissioned node is
-//!   an operator's `etcdctl del`.
+//!   its allocation by value and reuses it. A decommissioned node releases it with
+//!   `flaxd --leave --release-subnet` ([`release_subnets`]), once its pods are gone.
 //!
 //! Allocation is an etcd transaction `if create_revision(key) == 0 and no allocation changed
 //! since it was read then put(key, name)`: of two nodes racing for one subnet (or for two
@@ -20,6 +20,7 @@
 //! recorded by the very same transaction; if another node's allocation overlaps it, the node
 //! refuses to run with it ([`EtcdError::SubnetTaken`]) rather than share addresses.
 
+mod access;
 mod follow;
 mod register;
 
@@ -29,12 +30,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use etcd_client;
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 use ipnet::IpNet;
 use tokio_util::sync::CancellationToken;
 
+pub use access::{AccessError, EtcdAccess, EtcdTls, EtcdUser, connect_options};
 pub use follow::{Resume, follow_members};
-pub use register::{Left, leave};
+pub use register::{ANSWER_WINDOW, Left, holder_key, leave};
 
 use crate::backoff::Backoff;
 use crate::membership::{MemberRecord, Publisher};
@@ -48,8 +50,10 @@ const ALLOCATION_ATTEMPTS: usize = 32;
 
 #[derive(Debug, Clone)]
 pub struct EtcdConfig {
-    /// Client URLs, e.g. `http://127.0.0.1:2379`.
+    /// Client URLs, e.g. `https://10.0.0.1:2379`.
     pub endpoints: Vec<String>,
+    /// TLS, authentication, and whether plaintext is allowed.
+    pub access: EtcdAccess,
     pub prefix: String,
     /// Lease time-to-live in seconds: how long a crashed node stays a member.
     pub lease_ttl: i64,
@@ -63,6 +67,8 @@ pub struct EtcdConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
+    #[error("etcd access")]
+    Access(#[from] AccessError),
     #[error("cannot set up the etcd client for {endpoints:?}")]
     Connect {
         endpoints: Vec<String>,
@@ -87,6 +93,24 @@ pub enum EtcdError {
     LeaseExpired { lease: i64 },
     #[error("this node's record {key} was {how} by someone else")]
     RecordLost { key: String, how: &'static str },
+    #[error(
+        "node name {node} is held by a live flaxd (instance {instance}, pid {pid} on host {host:?}): it answered this flaxd's claim; stop that flaxd first, or give this one another --node-name"
+    )]
+    NameHeld {
+        node: String,
+        instance: String,
+        pid: u32,
+        host: String,
+    },
+    #[error(
+        "another flaxd (instance {instance}, pid {pid} on host {host:?}) runs as node {node} too; this one stops rather than fight over the node's record"
+    )]
+    NameContested {
+        node: String,
+        instance: String,
+        pid: u32,
+        host: String,
+    },
     #[error("cannot allocate a pod subnet")]
     Subnet(#[from] SubnetError),
     #[error("other nodes kept taking the subnet this node picked ({ALLOCATION_ATTEMPTS} attempts)")]
@@ -114,9 +138,11 @@ pub fn node_key(prefix: &str, node: &str) -> String {
 }
 
 /// A client for `endpoints` that notices dead members quickly (HTTP/2 pings) and refuses to
-/// serve from a member cut off from the leader. Does not wait for etcd to be up.
-pub async fn connect(endpoints: &[String]) -> Result<Client, EtcdError> {
-    let opts = ConnectOptions::new()
+/// serve from a member cut off from the leader. Does not wait for etcd to be up (with user
+/// auth it does: etcd-client authenticates while connecting).
+/// Plaintext endpoints are refused unless `access` allows them (see [`access`]).
+pub async fn connect(endpoints: &[String], access: &EtcdAccess) -> Result<Client, EtcdError> {
+    let opts = connect_options(endpoints, access)?
         .with_connect_timeout(Duration::from_secs(2))
         .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
         .with_keep_alive_while_idle(true)
@@ -251,6 +277,34 @@ pub async fn claim_subnet(
     Err(EtcdError::AllocationContended)
 }
 
+/// Releases every pod subnet allocation `node` holds (each deleted only if its value is
+/// still `node`: a transaction), for a node decommissioned for good, after [`leave`]: its
+/// pods are gone, so another node may take the addresses. Returns the subnets released.
+pub async fn release_subnets(
+    client: &mut Client,
+    prefix: &str,
+    node: &str,
+) -> Result<Vec<IpNet>, EtcdError> {
+    let (allocations, _) = read_allocations(client, prefix).await?;
+    let mut released = Vec::new();
+    for (net, holder) in allocations {
+        if holder != node {
+            continue;
+        }
+        let key = subnet_key(prefix, &net);
+        let txn = Txn::new()
+            .when([Compare::value(key.as_str(), CompareOp::Equal, node)])
+            .and_then([TxnOp::delete(key.as_str(), None)]);
+        if timed("release of a subnet", client.txn(txn))
+            .await?
+            .succeeded()
+        {
+            released.push(net);
+        }
+    }
+    Ok(released)
+}
+
 /// The etcd source: registers this node, keeps its lease alive, and publishes the members.
 pub struct EtcdSource {
     cfg: EtcdConfig,
@@ -276,7 +330,7 @@ impl EtcdSource {
         publisher: Publisher,
         shutdown: CancellationToken,
     ) -> Result<(), EtcdError> {
-        let mut client = connect(&self.cfg.endpoints).await?;
+        let mut client = connect(&self.cfg.endpoints, &self.cfg.access).await?;
         let mut backoff = Backoff::standard();
         let pod_cidr = loop {
             let res = match (self.cfg.pod_cidr, self.cfg.allocate) {
@@ -319,19 +373,27 @@ impl EtcdSource {
             pod_cidr: Some(pod_cidr),
         };
         let reg = register::Registration {
+            node: self.cfg.node.clone(),
             key: node_key(&self.cfg.prefix, &self.cfg.node),
             value: record.to_json(),
+            holder_key: holder_key(&self.cfg.prefix, &self.cfg.node),
+            holder: register::Holder::this_process(),
             ttl: self.cfg.lease_ttl.max(1),
         };
         let mut lease = None;
         tokio::select! {
             _ = shutdown.cancelled() => {}
-            _ = register::keep_registered(client.clone(), &reg, &mut lease, self.metrics.as_deref()) => {}
+            e = register::keep_registered(client.clone(), &reg, &mut lease, self.metrics.as_deref()) => {
+                // Another flaxd runs as this node: its lease is not ours to renew.
+                tracing::error!(error = %e, "not running as this node");
+                return Err(e);
+            }
             _ = follow_members(client.clone(), &self.cfg.prefix, &publisher, None, shutdown.clone()) => {}
         }
         // A restart is not a departure: the record stays under its lease, renewed once more
         // so that the next flaxd of this node has a whole TTL to adopt it.
         if let Some(id) = lease {
+            register::release_holder(&mut client, &reg).await;
             register::renew_once(&mut client, id).await;
         }
         Ok(())

@@ -134,6 +134,7 @@ async fn writes_the_conflist_once_the_pod_subnet_is_known() {
             underlay_mtu: 1500,
             vtep: "192.0.2.1".parse().unwrap(),
             ipam_data_dir: None,
+            host_port_dir: None,
         },
     ));
     let r = Reconciler::new(c, RecordingOverlay::new(), Metrics::new());

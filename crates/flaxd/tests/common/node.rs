@@ -49,6 +49,7 @@ impl Node {
             linux_bridge: "kbr0".into(),
             underlay_mtu: 1500,
             ipam_data_dir: None,
+            host_port_dir: None,
         });
         cfg
     }
@@ -56,6 +57,7 @@ impl Node {
     pub fn etcd_config(&self, etcd: &[String], ttl: i64) -> EtcdConfig {
         EtcdConfig {
             endpoints: etcd.to_vec(),
+            access: flaxd::etcd::EtcdAccess::insecure(),
             prefix: "/linen".into(),
             lease_ttl: ttl,
             node: self.name.clone(),

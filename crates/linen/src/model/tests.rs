@@ -74,9 +74,137 @@ fn fresh_node_creates_everything_in_one_op() {
         ops,
         vec![Op::CreateBridge {
             spec: spec(Some("tcp:10.0.0.1:6653")),
-            tunnels: ts
+            tunnels: ts.clone(),
+            flaxd: false,
         }]
     );
+    // flaxd creates it marked as its own.
+    let ops = plan(&spec(None), &ts, None, &none(), Some(Source::Flaxd)).unwrap();
+    assert!(
+        matches!(&ops[..], [Op::CreateBridge { flaxd: true, .. }]),
+        "{ops:?}"
+    );
+}
+
+fn marked(ports: Vec<ObservedPort>) -> ObservedBridge {
+    let mut obs = observed(ports);
+    obs.external_ids
+        .insert(TUNNELS_KEY.into(), Source::Flaxd.as_str().into());
+    obs
+}
+
+#[test]
+fn flaxd_marks_the_bridge_adopts_the_plugins_tunnels_to_members_and_prunes_the_rest() {
+    let member_by_plugin = tunnel("10.245.2.2", true, Source::CniConfig);
+    let gone_by_plugin = tunnel("10.245.2.9", true, Source::CniConfig);
+    let gone_by_flaxd = tunnel("10.245.2.8", true, Source::Flaxd);
+    let obs = observed(vec![
+        port_for(&member_by_plugin, "a"),
+        port_for(&gone_by_plugin, "g"),
+        port_for(&gone_by_flaxd, "f"),
+    ]);
+    let want = tunnel("10.245.2.2", true, Source::Flaxd);
+    let ops = plan(
+        &spec(None),
+        std::slice::from_ref(&want),
+        Some(&obs),
+        &none(),
+        Some(Source::Flaxd),
+    )
+    .unwrap();
+    let del = |t: &TunnelSpec, uuid: &str| Op::DeleteTunnel {
+        bridge: "br0".into(),
+        port: format!("p-{uuid}"),
+        name: t.name(),
+        remote: t.remote,
+    };
+    assert_eq!(
+        ops,
+        vec![
+            Op::MarkFlaxd {
+                bridge: "br0".into()
+            },
+            Op::UpdateTunnel {
+                port: "p-a".into(),
+                interface: "i-a".into(),
+                tunnel: want.clone(),
+            },
+            del(&gone_by_flaxd, "f"),
+            del(&gone_by_plugin, "g"),
+        ]
+    );
+    // Once marked and adopted, flaxd is in step.
+    let adopted = marked(vec![port_for(&want, "a")]);
+    assert_eq!(
+        plan(
+            &spec(None),
+            std::slice::from_ref(&want),
+            Some(&adopted),
+            &none(),
+            Some(Source::Flaxd)
+        )
+        .unwrap(),
+        vec![]
+    );
+}
+
+#[test]
+fn the_plugin_writes_no_tunnel_and_no_controller_on_a_bridge_flaxd_manages() {
+    let by_flaxd = tunnel("10.245.2.2", true, Source::Flaxd);
+    let obs = marked(vec![port_for(&by_flaxd, "a")]);
+    // Another key and protection for flaxd's tunnel, an extra VTEP, a controller: the
+    // configuration of an ADD that disagrees with flaxd. Nothing of it is written.
+    let mut other_key = tunnel("10.245.2.2", false, Source::CniConfig);
+    other_key.key = TunnelKey::Vni(42);
+    let extra = tunnel("10.245.2.7", true, Source::CniConfig);
+    for writer in [Some(Source::CniConfig), None] {
+        let ops = plan(
+            &spec(Some("tcp:10.0.0.1:6653")),
+            &[other_key.clone(), extra.clone()],
+            Some(&obs),
+            &none(),
+            writer,
+        )
+        .unwrap();
+        assert_eq!(ops, vec![], "{writer:?}");
+    }
+    // The bridge itself is still repaired: that is everyone's.
+    let mut broken = marked(vec![port_for(&by_flaxd, "a")]);
+    broken.fail_mode = None;
+    assert_eq!(
+        plan(
+            &spec(None),
+            &[],
+            Some(&broken),
+            &none(),
+            Some(Source::CniConfig)
+        )
+        .unwrap(),
+        vec![Op::SetFailMode {
+            bridge: "br0".into()
+        }]
+    );
+}
+
+#[test]
+fn the_plugin_never_rewrites_or_removes_a_flaxd_tunnel_on_an_unmarked_bridge() {
+    let by_flaxd = tunnel("10.245.2.2", true, Source::Flaxd);
+    let obs = observed(vec![port_for(&by_flaxd, "a")]);
+    let mut other = tunnel("10.245.2.2", false, Source::CniConfig);
+    other.key = TunnelKey::Vni(42);
+    for wanted in [vec![other], vec![]] {
+        assert_eq!(
+            plan(
+                &spec(None),
+                &wanted,
+                Some(&obs),
+                &none(),
+                Some(Source::CniConfig)
+            )
+            .unwrap(),
+            vec![]
+        );
+    }
 }
 
 #[test]

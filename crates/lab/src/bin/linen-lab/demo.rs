@@ -1,11 +1,15 @@
 //! `linen-lab demo`: the project's main command, narrated step by step with
 //! the time each step took.
 
+use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use linen_lab::{Cluster, ClusterSpec, LabState, Membership, Pod, Topology, ping, report, traffic};
+use linen_lab::probe::{self, OutsideHost, PeerServer};
+use linen_lab::{
+    Cluster, ClusterSpec, LabState, Membership, Pod, Topology, ping, report, traffic, wait,
+};
 
 /// Prints `==> what`, runs `f`, prints how long it took.
 fn step<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
@@ -76,7 +80,13 @@ pub fn run(spec: ClusterSpec, keep: bool, seconds: u32) -> Result<ExitCode> {
         transfers(&state, client, server, seconds)?;
     }
 
-    let passed = matrix.passed();
+    // Egress needs flaxd (it keeps the masquerade table); a static lab has none.
+    let egress_ok = match (state.membership, state.pods.first()) {
+        (Membership::Etcd, Some(pod)) => egress(&state, pod)?,
+        _ => true,
+    };
+
+    let passed = matrix.passed() && egress_ok;
     if keep {
         let state = cluster.detach()?;
         println!("The lab keeps running. Try:");
@@ -108,6 +118,47 @@ pub fn run(spec: ClusterSpec, keep: bool, seconds: u32) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// A pod opens a TCP connection to a host on the underlay that is not a node and has no
+/// route to the pod network: only the masquerade flaxd keeps lets it through, and the host
+/// sees the node's address. Prints what the host saw; `Ok(false)` when it was not the node.
+pub fn egress(state: &LabState, pod: &Pod) -> Result<bool> {
+    let node = state
+        .nodes
+        .iter()
+        .find(|n| n.index == pod.node)
+        .context("the pod's node")?;
+    let outside = OutsideHost::create(state, &format!("{}-ext", state.name))?;
+    let server = PeerServer::start(
+        &outside.netns,
+        SocketAddr::new(IpAddr::V4(outside.ip.addr()), 8000),
+    )?;
+    let seen = step(
+        &format!(
+            "Egress: pod {} opens TCP to {} outside the cluster (no route back to pods); flaxd's nftables masquerade on {}",
+            pod.short_name(),
+            outside.ip.addr(),
+            node.name
+        ),
+        || {
+            Ok(wait::until(
+                "a pod to reach the outside host",
+                Duration::from_secs(20),
+                || probe::ask(&pod.netns, server.addr, Duration::from_secs(2)).ok(),
+            )?)
+        },
+    )?;
+    let node_ip = node.underlay_ip.addr().to_string();
+    println!(
+        "    the outside host saw {seen} ({})\n",
+        if seen == node_ip {
+            "the node's address"
+        } else {
+            "NOT the node's address"
+        }
+    );
+    Ok(seen == node_ip)
 }
 
 /// A TCP transfer from `client` to `server` across the overlay, then between

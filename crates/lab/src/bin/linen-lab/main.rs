@@ -159,6 +159,10 @@ enum Command {
         #[command(flatten)]
         lab: Lab,
         node: String,
+        /// A hostPort, HOST:CONTAINER[/tcp|udp] (e.g. 8080:80/tcp); repeatable. Passed to
+        /// the chain as runtimeConfig.portMappings; the node's portmap forwards it.
+        #[arg(long = "host-port", value_name = "HOST:CONTAINER[/PROTO]")]
+        host_ports: Vec<linen_lab::pod::PortMapping>,
     },
     /// Delete a pod (CNI DEL, then its namespace).
     DelPod {
@@ -196,6 +200,13 @@ enum Command {
     /// Crash a node's ovs-vswitchd (SIGKILL) and start it again, as a
     /// supervisor would.
     RestartVswitchd {
+        #[command(flatten)]
+        lab: Lab,
+        node: String,
+    },
+    /// Kill a node's ovsdb-server (SIGKILL, as a crash) and start it again over
+    /// the same database; ovs-vswitchd keeps forwarding meanwhile.
+    RestartOvsdb {
         #[command(flatten)]
         lab: Lab,
         node: String,
@@ -303,8 +314,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             demo::transfers(&state, client, server, seconds)?;
         }
-        Command::AddPod { lab, node } => {
-            let pod = lab.open()?.add_pod(&node)?;
+        Command::AddPod {
+            lab,
+            node,
+            host_ports,
+        } => {
+            let pod = lab.open()?.add_pod_with_ports(&node, &host_ports)?;
             print!("{}", report::pods_table(&single(&lab, pod)?));
         }
         Command::DelPod { lab, pod } => {
@@ -364,6 +379,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::RestartVswitchd { lab, node } => {
             lab.open()?.restart_vswitchd(&node)?;
             eprintln!("ovs-vswitchd of {node} restarted");
+        }
+        Command::RestartOvsdb { lab, node } => {
+            lab.open()?.restart_ovsdb_server(&node)?;
+            eprintln!("ovsdb-server of {node} restarted");
         }
         Command::Demo {
             lab,
