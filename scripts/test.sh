@@ -2,6 +2,8 @@
 # Runs every Linen test on a fresh Debian bookworm machine, as root: installs what is
 # missing, checks formatting and lints, builds once in release, then runs all tests
 # (unit, integration against real OVS / CNI plugins / network namespaces, end to end).
+# Arguments go to the test runner, e.g. `./scripts/test.sh -E 'binary(reference_plugins)'`
+# to run a subset after the same set-up (CI passes none: everything runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,9 +35,9 @@ export LINEN_IMAGE
 echo "== run the tests (release)"
 status=0
 if command -v cargo-nextest >/dev/null 2>&1; then
-  cargo nextest run --workspace --release --no-fail-fast || status=$?
+  cargo nextest run --workspace --release --no-fail-fast "$@" || status=$?
 else
-  cargo test --workspace --release --no-fail-fast || status=$?
+  cargo test --workspace --release --no-fail-fast "$@" || status=$?
 fi
 
 echo "== check that the run left nothing behind"

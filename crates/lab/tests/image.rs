@@ -330,11 +330,16 @@ fn the_image_imports_installs_the_plugins_and_runs_flaxd_on_a_lab_node() {
         mount(&ovs_dir, &ovs_dir.to_string_lossy()),
         mount(&conf_dir, &conf_dir.to_string_lossy()),
     );
+    // The etcd CA certificate alone (read-only; the CA's key next to it stays outside, as
+    // a cluster's Secret holds only ca.pem). The node's client certificate and key are in
+    // the node's directory, mounted above.
+    let ca = etcd.pki().ca_cert();
+    let m_ca = format!("type=bind,src={0},dst={0},options=rbind:ro", ca.display());
     let mut args = vec!["run", "-d", "--log-uri", &log, "--with-ns", &netns];
     args.extend(LEAST);
     // As deploy/linen.yaml: CAP_NET_ADMIN only, for the egress masquerade (nft).
     args.extend(["--cap-add", "CAP_NET_ADMIN"]);
-    args.extend(["--mount", &m_ovs, "--mount", &m_conf]);
+    args.extend(["--mount", &m_ovs, "--mount", &m_conf, "--mount", &m_ca]);
     args.extend([name.as_str(), "flaxd-test", "/usr/local/bin/flaxd"]);
     args.extend(flaxd_args.iter().map(String::as_str));
     ctrd.ctr_ok(&args);
@@ -345,7 +350,14 @@ fn the_image_imports_installs_the_plugins_and_runs_flaxd_on_a_lab_node() {
         .find(|l| l.starts_with("flaxd-test "))
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or_else(|| panic!("no flaxd-test task: {tasks}"));
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let log_text =
+        || std::fs::read_to_string(ctrd.dir.path().join("flaxd.log")).unwrap_or_default();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_else(|e| {
+        panic!(
+            "flaxd-test task {pid} is gone ({e}); its log:\n{}",
+            log_text()
+        )
+    });
     for set in ["CapEff:", "CapPrm:", "CapBnd:"] {
         let caps = status
             .lines()
@@ -354,8 +366,6 @@ fn the_image_imports_installs_the_plugins_and_runs_flaxd_on_a_lab_node() {
             .trim();
         assert_eq!(caps, "0000000000001000", "{set} of flaxd in the container");
     }
-    let log_text =
-        || std::fs::read_to_string(ctrd.dir.path().join("flaxd.log")).unwrap_or_default();
 
     let ip1 = n1.underlay_ip.addr().to_string();
     let ip2 = n2.underlay_ip.addr().to_string();

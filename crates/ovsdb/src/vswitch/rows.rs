@@ -155,6 +155,9 @@ pub struct Interface {
     pub options: BTreeMap<String, String>,
     /// Set by ovs-vswitchd: the OpenFlow port number, -1 on failure.
     pub ofport: Option<i64>,
+    /// Set by ovs-vswitchd: the kernel's ifindex of the interface's network device, when it
+    /// has one (0 or absent otherwise).
+    pub ifindex: Option<i64>,
     pub mtu_request: Option<i64>,
     /// Set by ovs-vswitchd.
     pub mtu: Option<i64>,
@@ -170,6 +173,7 @@ impl Table for Interface {
         "type",
         "options",
         "ofport",
+        "ifindex",
         "mtu_request",
         "mtu",
         "error",
@@ -188,6 +192,7 @@ impl Table for Interface {
             kind: c.string("type")?,
             options: c.string_map("options")?,
             ofport: c.opt_integer("ofport")?,
+            ifindex: c.opt_integer("ifindex")?,
             mtu_request: c.opt_integer("mtu_request")?,
             mtu: c.opt_integer("mtu")?,
             error: c.opt_string("error")?,
@@ -335,13 +340,13 @@ mod tests {
         );
 
         let i = Interface::from_row(u(U1), &row(json!({
-            "name": "p0", "type": "internal", "options": ["map", []], "ofport": 3,
+            "name": "p0", "type": "internal", "options": ["map", []], "ofport": 3, "ifindex": 17,
             "mtu_request": ["set", []], "mtu": 1500, "error": ["set", []], "external_ids": ["map", []]
         })))
         .expect("interface");
         assert_eq!(
-            (i.kind.as_str(), i.ofport, i.mtu, i.error),
-            ("internal", Some(3), Some(1500), None)
+            (i.kind.as_str(), i.ofport, i.ifindex, i.mtu, i.error),
+            ("internal", Some(3), Some(17), Some(1500), None)
         );
 
         let c = Controller::from_row(
