@@ -30,7 +30,8 @@ pub fn node_member(node: &Node, address_type: &str) -> Option<Member> {
         .as_ref()?
         .iter()
         .filter(|a| a.type_ == address_type)
-        .find_map(|a| a.address.trim().parse().ok())
+        .find_map(|a| a.address.trim().parse::<IpAddr>().ok())
+        .map(|ip| ip.to_canonical())
         .filter(|ip| linen::config::unusable_vtep(*ip).is_none())?;
     let spec = node.spec.as_ref();
     let pod_cidr = spec

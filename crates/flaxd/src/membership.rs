@@ -112,14 +112,13 @@ impl MemberRecord {
 
     /// Validates the record's VTEP.
     pub fn into_member(self) -> Result<Member, RecordError> {
-        if let Some(why) = unusable_vtep(self.vtep) {
-            return Err(RecordError::UnusableVtep {
-                vtep: self.vtep,
-                why,
-            });
+        // One address, one spelling (as `vtepIPs`): ::ffff:a.b.c.d is a.b.c.d.
+        let vtep = self.vtep.to_canonical();
+        if let Some(why) = unusable_vtep(vtep) {
+            return Err(RecordError::UnusableVtep { vtep, why });
         }
         Ok(Member {
-            vtep: self.vtep,
+            vtep,
             pod_cidr: self.pod_cidr,
         })
     }
@@ -144,8 +143,10 @@ mod tests {
 
     #[test]
     fn records_parse_or_are_refused() {
-        let ok: [(&str, &str, Option<&str>); 4] = [
+        let ok: [(&str, &str, Option<&str>); 5] = [
             (r#"{"vtep":"192.0.2.1"}"#, "192.0.2.1", None),
+            // The same node however it is spelled: one tunnel, not two.
+            (r#"{"vtep":"::ffff:192.0.2.1"}"#, "192.0.2.1", None),
             (
                 r#"{"vtep":"192.0.2.1","podCIDR":"10.244.3.0/24"}"#,
                 "192.0.2.1",
@@ -176,6 +177,8 @@ mod tests {
             r#"{"vtep":"127.0.0.1"}"#,
             r#"{"vtep":"224.0.0.1"}"#,
             r#"{"vtep":"255.255.255.255"}"#,
+            r#"{"vtep":"fe80::1"}"#,
+            r#"{"vtep":"::ffff:127.0.0.1"}"#,
             "\u{0}\u{1}",
         ];
         for b in bad {

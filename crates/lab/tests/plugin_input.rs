@@ -42,6 +42,48 @@ fn bad_input_gets_the_right_code_and_changes_nothing() {
     valid["cniVersion"] = json!("1.0.0");
     valid["name"] = json!("linen-test");
     valid["prevResult"] = prev.clone();
+    // Names in prevResult are input too: a name longer than any the kernel gives.
+    let long_name = {
+        let mut p = prev.clone();
+        p["interfaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "x".repeat(70_000)}));
+        p
+    };
+    // CNI_NETNS naming something that is not a network namespace: a FIFO (opening it
+    // blocked forever) and a regular file. Leaked: Case holds &'static str.
+    let scratch = testkit::tempdir().expect("scratch dir");
+    let fifo = scratch.path().join("fifo");
+    run(std::process::Command::new("mkfifo").arg(&fifo));
+    let file = scratch.path().join("file");
+    std::fs::write(&file, "not a namespace").unwrap();
+    let fifo: &'static str = Box::leak(fifo.display().to_string().into_boxed_str());
+    let file: &'static str = Box::leak(file.display().to_string().into_boxed_str());
+    // A port named `pbusy` on another bridge (a patch port: no kernel link): a bridge of
+    // that name can never get its internal port, a permanent conflict, not "retry later".
+    lab.vsctl(
+        0,
+        &[
+            "add-br",
+            "lntother",
+            "--",
+            "set",
+            "bridge",
+            "lntother",
+            "datapath_type=netdev",
+            "--",
+            "add-port",
+            "lntother",
+            "pbusy",
+            "--",
+            "set",
+            "interface",
+            "pbusy",
+            "type=patch",
+            "options:peer=pnowhere",
+        ],
+    );
     let no_bridge = {
         let mut p = prev.clone();
         p["interfaces"]
@@ -207,6 +249,80 @@ fn bad_input_gets_the_right_code_and_changes_nothing() {
             stdin: Stdin::Patch(json!({"mtu": 1500})),
             code: 7,
             says: "at most 1450",
+        },
+        Case {
+            what: "NUL in the bridge name",
+            env: vec![],
+            stdin: Stdin::Patch(json!({"ovsBridge": "br\u{0}x"})),
+            code: 7,
+            says: "ovsBridge",
+        },
+        Case {
+            what: "bridge name held by a port of another bridge",
+            env: vec![],
+            stdin: Stdin::Patch(json!({"ovsBridge": "pbusy"})),
+            code: 101,
+            says: "already exists on bridge lntother",
+        },
+        Case {
+            what: "controller path with a newline",
+            env: vec![],
+            stdin: Stdin::Patch(json!({"controller": "unix:/run/ctl.sock\nx"})),
+            code: 7,
+            says: "controller",
+        },
+        Case {
+            what: "controller path with a NUL",
+            env: vec![],
+            stdin: Stdin::Patch(json!({"controller": "unix:/run/ctl\u{0}.sock"})),
+            code: 7,
+            says: "controller",
+        },
+        Case {
+            what: "broadcast controller",
+            env: vec![],
+            stdin: Stdin::Patch(json!({"controller": "tcp:255.255.255.255:6653"})),
+            code: 7,
+            says: "controller",
+        },
+        Case {
+            what: "link-local VTEP without a scope",
+            env: vec![],
+            stdin: Stdin::Patch(json!({"vtepIPs": ["fe80::1"]})),
+            code: 7,
+            says: "link-local",
+        },
+        Case {
+            what: "more VTEPs than the cap",
+            env: vec![],
+            stdin: Stdin::Patch(json!({
+                "vtepIPs": (0..=linen::config::MAX_VTEPS)
+                    .map(|i| format!("10.{}.{}.1", i / 256, i % 256))
+                    .collect::<Vec<_>>()
+            })),
+            code: 7,
+            says: "at most 5000",
+        },
+        Case {
+            what: "70,000-byte interface name in prevResult",
+            env: vec![],
+            stdin: Stdin::Patch(json!({"prevResult": long_name})),
+            code: 7,
+            says: "prevResult.interfaces[",
+        },
+        Case {
+            what: "CNI_NETNS is a FIFO",
+            env: vec![("CNI_NETNS", Some(fifo))],
+            stdin: Stdin::Patch(json!({})),
+            code: 4,
+            says: "not a network namespace",
+        },
+        Case {
+            what: "CNI_NETNS is a regular file",
+            env: vec![("CNI_NETNS", Some(file))],
+            stdin: Stdin::Patch(json!({})),
+            code: 4,
+            says: "not a network namespace",
         },
         Case {
             what: "unreachable OVSDB",

@@ -19,6 +19,11 @@ pub const DEFAULT_BRIDGE: &str = "br0";
 pub const DEFAULT_OVSDB: &str = "unix:/var/run/openvswitch/db.sock";
 /// The largest VXLAN network identifier (24 bits).
 pub const MAX_VNI: u32 = (1 << 24) - 1;
+/// The most addresses `vtepIPs` may list. A static list is for small meshes; past a few
+/// hundred nodes flaxd keeps the tunnels (its membership has no such cap). The bound keeps
+/// one ADD's transaction, and ovs-vswitchd's work after it, finite: 10,000 VTEPs kept
+/// ovs-vswitchd busy for about two minutes on the next ADD's prune.
+pub const MAX_VTEPS: usize = 5000;
 
 /// Why a configuration was refused. Every variant names the field at fault.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -31,6 +36,10 @@ pub enum ConfigError {
     },
     #[error("field `{field}`: {value:?} is not an IP address")]
     BadIp { field: String, value: String },
+    #[error(
+        "field `vtepIPs`: {count} addresses, at most {MAX_VTEPS} (let flaxd keep the tunnels of a larger cluster)"
+    )]
+    TooManyVteps { count: usize },
     #[error("field `{field}`: {value} cannot be a VTEP address ({why})")]
     UnusableVtep {
         field: String,
@@ -42,7 +51,7 @@ pub enum ConfigError {
     )]
     BadBridgeName(String),
     #[error(
-        "field `controller`: {0:?} is not a controller address (use IP:PORT, tcp:IP:PORT, ssl:IP:PORT or unix:PATH)"
+        "field `controller`: {0:?} is not a controller address (use IP:PORT, tcp:IP:PORT, ssl:IP:PORT or unix:PATH, with a unicast IP and an absolute PATH without control characters)"
     )]
     BadController(String),
     #[error("field `ovsdbSocket`: {0:?} is not an OVSDB address (use unix:PATH or tcp:IP:PORT)")]
@@ -311,6 +320,9 @@ fn parse_vteps(v: &Value) -> Result<Vec<IpAddr>, ConfigError> {
     let list = v
         .as_array()
         .ok_or_else(|| wrong("vtepIPs", "a list of IP addresses", v))?;
+    if list.len() > MAX_VTEPS {
+        return Err(ConfigError::TooManyVteps { count: list.len() });
+    }
     let mut out = BTreeSet::new();
     for (i, item) in list.iter().enumerate() {
         let field = format!("vtepIPs[{i}]");
@@ -321,6 +333,8 @@ fn parse_vteps(v: &Value) -> Result<Vec<IpAddr>, ConfigError> {
             field: field.clone(),
             value: s.to_owned(),
         })?;
+        // One address, one spelling: ::ffff:10.0.0.1 is 10.0.0.1 (else a second tunnel).
+        let ip = ip.to_canonical();
         if let Some(why) = unusable_vtep(ip) {
             return Err(ConfigError::UnusableVtep {
                 field,
@@ -333,8 +347,10 @@ fn parse_vteps(v: &Value) -> Result<Vec<IpAddr>, ConfigError> {
     Ok(out.into_iter().collect())
 }
 
-/// Why `ip` cannot be a VTEP address (unspecified, loopback, multicast, broadcast), if it
-/// cannot. The one rule for `vtepIPs` and for flaxd's membership records.
+/// Why `ip` cannot be a VTEP address (unspecified, loopback, multicast, broadcast, IPv6
+/// link-local), if it cannot. The one rule for `vtepIPs` and for flaxd's membership
+/// records, which also pass addresses through [`IpAddr::to_canonical`] first (an IPv4
+/// address written as `::ffff:a.b.c.d` is that IPv4 address).
 pub fn unusable_vtep(ip: IpAddr) -> Option<&'static str> {
     if ip.is_unspecified() {
         Some("unspecified")
@@ -344,6 +360,10 @@ pub fn unusable_vtep(ip: IpAddr) -> Option<&'static str> {
         Some("multicast")
     } else if matches!(ip, IpAddr::V4(v4) if v4.is_broadcast()) {
         Some("broadcast")
+    } else if matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local()) {
+        // fe80::/10 names an address only together with an interface (a scope), which
+        // neither the configuration nor OVS's remote_ip carries.
+        Some("IPv6 link-local, which needs a scope")
     } else {
         None
     }
@@ -355,7 +375,13 @@ pub fn parse_controller(s: &str) -> Result<String, ConfigError> {
     let bad = || ConfigError::BadController(s.to_owned());
     let sock = |rest: &str| -> Result<SocketAddr, ConfigError> {
         let addr: SocketAddr = rest.parse().map_err(|_| bad())?;
-        if addr.port() == 0 || addr.ip().is_unspecified() || addr.ip().is_multicast() {
+        let ip = addr.ip();
+        if addr.port() == 0
+            || ip.is_unspecified()
+            || ip.is_multicast()
+            || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast())
+            || matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local())
+        {
             return Err(bad());
         }
         Ok(addr)
@@ -365,7 +391,8 @@ pub fn parse_controller(s: &str) -> Result<String, ConfigError> {
     } else if let Some(rest) = s.strip_prefix("ssl:") {
         Ok(format!("ssl:{}", ovs_sockaddr(sock(rest)?)))
     } else if let Some(path) = s.strip_prefix("unix:") {
-        if path.is_empty() || !path.starts_with('/') {
+        // OVS reads the target as one line of text: no newline or other control byte.
+        if !path.starts_with('/') || path.chars().any(char::is_control) {
             return Err(bad());
         }
         Ok(s.to_owned())
@@ -382,7 +409,7 @@ fn ovs_sockaddr(addr: SocketAddr) -> String {
 fn parse_ovsdb(s: &str) -> Result<String, ConfigError> {
     let bad = || ConfigError::BadOvsdbSocket(s.to_owned());
     if let Some(path) = s.strip_prefix("unix:") {
-        if path.starts_with('/') {
+        if path.starts_with('/') && !path.chars().any(char::is_control) {
             Ok(s.to_owned())
         } else {
             Err(bad())
@@ -467,6 +494,20 @@ mod tests {
     }
 
     #[test]
+    fn vteps_are_canonical_and_capped() {
+        let c = ok(json!({"vtepIPs": ["::ffff:10.245.2.2", "10.245.2.2", "fd00::1"]}));
+        let want: Vec<IpAddr> = vec!["10.245.2.2".parse().unwrap(), "fd00::1".parse().unwrap()];
+        assert_eq!(
+            c.vtep_ips, want,
+            "one tunnel per node, however it is spelled"
+        );
+        let many: Vec<String> = (0..MAX_VTEPS)
+            .map(|i| format!("10.{}.{}.1", i / 256, i % 256))
+            .collect();
+        assert_eq!(ok(json!({ "vtepIPs": many })).vtep_ips.len(), MAX_VTEPS);
+    }
+
+    #[test]
     fn controller_forms() {
         let cases = [
             ("10.0.0.1:6653", Ok("tcp:10.0.0.1:6653")),
@@ -480,6 +521,11 @@ mod tests {
             ("0.0.0.0:6653", Err(())),
             ("controller.example:6653", Err(())),
             ("unix:relative", Err(())),
+            ("unix:/run/ctl.sock\nother", Err(())),
+            ("unix:/run/ctl\0.sock", Err(())),
+            ("tcp:255.255.255.255:6653", Err(())),
+            ("224.0.0.1:6653", Err(())),
+            ("tcp:[fe80::1]:6653", Err(())),
             ("", Err(())),
         ];
         for (input, want) in cases {
@@ -506,6 +552,14 @@ mod tests {
             (json!({"vtepIPs": ["0.0.0.0"]}), "unspecified"),
             (json!({"vtepIPs": ["224.0.0.1"]}), "multicast"),
             (json!({"vtepIPs": ["300.1.1.1"]}), "vtepIPs[0]"),
+            (json!({"vtepIPs": ["fe80::1"]}), "link-local"),
+            (json!({"vtepIPs": ["fe80::1%eth0"]}), "vtepIPs[0]"),
+            (json!({"vtepIPs": ["255.255.255.255"]}), "broadcast"),
+            (
+                json!({"vtepIPs": vec!["10.0.0.1"; MAX_VTEPS + 1]}),
+                "at most 5000",
+            ),
+            (json!({"ovsBridge": "br\u{0}x"}), "ovsBridge"),
             (json!({"controller": "nowhere"}), "controller"),
             (json!({"controller": 6653}), "controller"),
             (

@@ -42,6 +42,12 @@ pub enum Error {
     NoLinuxBridge { names: String },
     #[error("prevResult has no interface inside the container named {ifname}")]
     NoPodInterface { ifname: String },
+    #[error(
+        "prevResult.interfaces[{index}]: {name:?} is not a Linux interface name (1-15 bytes, no '/', ':', NUL or whitespace)"
+    )]
+    BadPrevResultName { index: usize, name: String },
+    #[error("CNI_NETNS {netns} is not a network namespace ({why})")]
+    NotANetns { netns: String, why: String },
     #[error("cannot enter the container's network namespace {netns}: {reason}")]
     PodNetns { netns: String, reason: String },
     #[error("pod interface {ifname} is missing from network namespace {netns}")]
@@ -115,6 +121,15 @@ impl Error {
                     | OvsError::Contended { .. },
                     _,
                 ) => E::TRY_AGAIN_LATER,
+                // The connection went away mid-call (ovsdb-server stopped or restarted):
+                // nothing was decided, the runtime should retry.
+                (
+                    OvsError::Ovsdb {
+                        source: ovsdb::Error::Closed | ovsdb::Error::Connect { .. },
+                        ..
+                    },
+                    _,
+                ) => E::TRY_AGAIN_LATER,
                 (OvsError::Conflict(_) | OvsError::ForeignSsl { .. }, _) => code::CONFLICT,
                 (OvsError::Ovsdb { .. } | OvsError::NoRootRow, _) => code::OVSDB_FAILED,
             },
@@ -122,12 +137,14 @@ impl Error {
             | Error::NotChained
             | Error::NoLinuxBridge { .. }
             | Error::NoPodInterface { .. }
+            | Error::BadPrevResultName { .. }
             | Error::MtuTooLarge { .. }
             | Error::UnderlayTooSmall { .. } => E::INVALID_NETWORK_CONFIG,
             Error::PodLinkMissing { .. } | Error::PodNetns { .. } if verb == Verb::Check => {
                 code::CHECK_FAILED
             }
             Error::PodNetns { .. } => E::UNKNOWN_CONTAINER,
+            Error::NotANetns { .. } => E::INVALID_ENVIRONMENT_VARIABLES,
             Error::PodLinkMissing { .. } => E::UNKNOWN_CONTAINER,
             Error::AttachedElsewhere { .. } | Error::LinkNotOurs { .. } => code::CONFLICT,
             Error::NoInternalPort { .. } => code::NO_INTERNAL_PORT,
@@ -173,6 +190,45 @@ mod tests {
             (unreachable(), Verb::Add, 11),
             (unreachable(), Verb::Check, 11),
             (unreachable(), Verb::Status, 50),
+            // ovsdb-server went away mid-transaction: retry, not "OVSDB failed".
+            (
+                Error::from(OvsError::Ovsdb {
+                    step: "transact",
+                    source: ovsdb::Error::Closed,
+                }),
+                Verb::Add,
+                11,
+            ),
+            (
+                Error::from(OvsError::Ovsdb {
+                    step: "transact",
+                    source: ovsdb::Error::Transaction {
+                        db: "Open_vSwitch".into(),
+                        index: 0,
+                        op: "insert".into(),
+                        error: "constraint violation".into(),
+                        details: None,
+                    },
+                }),
+                Verb::Add,
+                code::OVSDB_FAILED,
+            ),
+            (
+                Error::NotANetns {
+                    netns: "/tmp/fifo".into(),
+                    why: "x".into(),
+                },
+                Verb::Add,
+                4,
+            ),
+            (
+                Error::BadPrevResultName {
+                    index: 1,
+                    name: "x".into(),
+                },
+                Verb::Add,
+                7,
+            ),
             (Error::Check("x".into()), Verb::Check, code::CHECK_FAILED),
             (
                 Error::PodLinkMissing {

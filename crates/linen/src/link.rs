@@ -26,6 +26,9 @@ pub enum LinkError {
     Socket(#[source] std::io::Error),
     #[error("cannot enter network namespace {path}: {reason}")]
     Netns { path: PathBuf, reason: String },
+    /// The path exists but is not a namespace file (a FIFO, a directory, a regular file).
+    #[error("{path} is not a network namespace ({why})")]
+    NotANetns { path: PathBuf, why: String },
     #[error("netlink: {what} failed")]
     Request {
         what: String,
@@ -51,8 +54,30 @@ impl PodSocket {
         };
         let own = File::open("/proc/thread-self/ns/net")
             .map_err(|e| fail(format!("cannot open own namespace: {e}")))?;
-        let target = File::open(netns).map_err(|e| fail(e.to_string()))?;
-        setns(&target, CloneFlags::CLONE_NEWNET).map_err(|e| fail(e.to_string()))?;
+        // O_NONBLOCK: opening a FIFO (or another device) must not wait for a writer; a
+        // namespace file ignores the flag. Then the file system says what it is: only an
+        // nsfs file is a namespace, and setns itself refuses a namespace of another type.
+        use std::os::unix::fs::OpenOptionsExt;
+        let target = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(netns)
+            .map_err(|e| fail(e.to_string()))?;
+        let not_netns = |why: String| LinkError::NotANetns {
+            path: netns.to_owned(),
+            why,
+        };
+        let fs = nix::sys::statfs::fstatfs(&target).map_err(|e| fail(e.to_string()))?;
+        if fs.filesystem_type() != nix::sys::statfs::NSFS_MAGIC {
+            return Err(not_netns(format!(
+                "a file on a {:#x} file system, not nsfs",
+                fs.filesystem_type().0
+            )));
+        }
+        setns(&target, CloneFlags::CLONE_NEWNET).map_err(|e| match e {
+            nix::errno::Errno::EINVAL => not_netns("a namespace of another type".to_owned()),
+            e => fail(e.to_string()),
+        })?;
         let socket = rtnetlink::sys::Socket::new(rtnetlink::sys::constants::NETLINK_ROUTE);
         // Back home before anything else can happen, whatever the socket call did. If
         // that fails the thread is stranded in the pod's namespace: stop here.

@@ -289,6 +289,10 @@ pub enum PlanError {
         want: &'static str,
     },
     #[error(
+        "cannot create OVS bridge {bridge}: a port of that name already exists on bridge {holder} (pick another ovsBridge)"
+    )]
+    BridgeNameTaken { bridge: String, holder: String },
+    #[error(
         "cannot add the tunnel to {remote}: an OVS port named {name} already exists ({holder})"
     )]
     NameTaken {
@@ -319,6 +323,14 @@ pub fn plan(
 ) -> Result<Vec<Op>, PlanError> {
     let flaxd = writer == Some(Source::Flaxd);
     let Some(obs) = observed else {
+        // The bridge's internal port would share its name with that port: OVS would never
+        // create it, and waiting would not help.
+        if let Some(holder) = elsewhere.get(&spec.name) {
+            return Err(PlanError::BridgeNameTaken {
+                bridge: spec.name.clone(),
+                holder: holder.clone(),
+            });
+        }
         for t in tunnels {
             check_free(&t.name(), t.remote, None, elsewhere)?;
         }

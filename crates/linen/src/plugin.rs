@@ -87,6 +87,10 @@ fn pod_socket(args: &CmdArgs) -> Result<PodSocket> {
             netns: path.display().to_string(),
             reason,
         },
+        LinkError::NotANetns { path, why } => Error::NotANetns {
+            netns: path.display().to_string(),
+            why,
+        },
         other => Error::Link(other),
     })
 }
@@ -164,6 +168,14 @@ async fn attached(prev: &types::Result, ifname: &str, nl: &Netlink) -> Result<At
     for (i, iface) in prev.interfaces.iter().enumerate() {
         if iface.sandbox.as_deref().is_some_and(|s| !s.is_empty()) {
             continue;
+        }
+        // prevResult is input: a name the kernel could not have given is refused here, not
+        // passed to netlink (a 70,000-byte name once panicked inside the netlink crate).
+        if !crate::naming::is_valid_ifname(&iface.name) {
+            return Err(Error::BadPrevResultName {
+                index: i,
+                name: iface.name.chars().take(64).collect(),
+            });
         }
         // The link kind decides, not the position in the list.
         if let Some(link) = nl.link_by_name(&iface.name).await? {

@@ -481,3 +481,19 @@ fn repairs_fail_mode_and_internal_port() {
         ]
     );
 }
+
+#[test]
+fn a_bridge_name_held_by_a_port_of_another_bridge_is_a_permanent_conflict() {
+    // ovsBridge names a port elsewhere: OVS would never create the internal port, so the
+    // plan says so instead of committing a bridge that can never work.
+    let s = spec(None);
+    let elsewhere = PortsElsewhere::from([(s.name.clone(), "br-other".to_owned())]);
+    let err = plan(&s, &[], None, &elsewhere, None).unwrap_err();
+    assert!(
+        matches!(&err, PlanError::BridgeNameTaken { holder, .. } if holder == "br-other"),
+        "{err}"
+    );
+    // A port elsewhere with another name is no obstacle.
+    let other = PortsElsewhere::from([("eth9".to_owned(), "br-other".to_owned())]);
+    assert!(plan(&s, &[], None, &other, None).is_ok());
+}
