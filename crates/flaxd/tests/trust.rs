@@ -27,6 +27,8 @@ fn a_plaintext_endpoint_is_refused_unless_asked_for() {
             "--leave",
             "--node-name=a",
             "--source=etcd",
+            // This flaxd runs in the test host's own namespace: no nftables table there.
+            "--ip-masq=false",
             "--etcd-endpoints=http://127.0.0.1:1",
         ])
         .args(extra)
@@ -54,6 +56,8 @@ fn a_plaintext_endpoint_is_refused_unless_asked_for() {
             "--leave",
             "--node-name=a",
             "--source=etcd",
+            // This flaxd runs in the test host's own namespace: no nftables table there.
+            "--ip-masq=false",
             "--etcd-endpoints=https://127.0.0.1:1",
         ])
         .env_clear()
@@ -291,6 +295,8 @@ async fn thousands_of_half_sent_requests_neither_starve_healthz_nor_grow_flaxd()
         "--bridge=br0",
         "--datapath=netdev",
         "--source=file",
+        // This flaxd runs in the test host's own namespace: no nftables table there.
+        "--ip-masq=false",
         &format!("--peers-file={}", peers.display()),
         "--pod-cidr=10.244.1.0/24",
         &format!("--metrics-addr={addr}"),
