@@ -79,7 +79,23 @@ impl Cluster {
         let pos = self.etcd_node(name)?;
         let node = &self.state.nodes[pos];
         if let Some(pid) = node.flaxd_running() {
-            return Ok(pid);
+            if !crate::process::dying(pid) {
+                return Ok(pid);
+            }
+            // Killed from outside a moment ago and not gone yet: wait for it to
+            // go, then start a new one (else this would return the dying pid
+            // and start nothing).
+            let proof = node.flaxd_proof();
+            wait::until(
+                format!("the killed flaxd {pid} of {name} to exit"),
+                Duration::from_secs(10),
+                || (!proof.holds(pid)).then_some(()),
+            )
+            .map_err(|source| flaxd::Error::Lingering {
+                node: name.to_owned(),
+                pid,
+                source,
+            })?;
         }
         let etcd = self.state.etcd.as_ref().expect("an etcd lab has etcd");
         let pid = flaxd::start(&flaxd::binary()?, node, etcd)?;

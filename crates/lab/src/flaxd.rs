@@ -83,6 +83,13 @@ pub enum Error {
         #[source]
         source: Timeout,
     },
+    #[error("flaxd {pid} of {node} was killed but does not exit")]
+    Lingering {
+        node: String,
+        pid: i32,
+        #[source]
+        source: Timeout,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -136,7 +143,7 @@ impl Node {
         SocketAddr::new(IpAddr::V4(self.underlay_ip.addr()), METRICS_PORT)
     }
 
-    fn flaxd_proof(&self) -> Proof<'_> {
+    pub(crate) fn flaxd_proof(&self) -> Proof<'_> {
         Proof {
             comm: PROGRAM,
             dir: &self.run_dir,

@@ -57,7 +57,9 @@ pub mod wait;
 pub use cluster::Cluster;
 pub use flaxd::StopMode;
 pub use ipnet;
-pub use manage::{EtcdStatus, FlaxdStatus, NodeStatus, Tunnels, down, etcd_status, load, status};
+pub use manage::{
+    EtcdStatus, FlaxdStatus, NodeStatus, Tunnels, abort, down, etcd_status, load, status,
+};
 pub use netns::{Netns, NetnsGuard};
 pub use node::{Node, PodRange, Role};
 pub use ovs::{Daemon, Ovs};

@@ -66,6 +66,19 @@ pub fn down(name: &str, dir: &Path) -> Result<()> {
     }
 }
 
+/// Tears down the lab in `dir` that this process runs (it holds the lab's lock, so
+/// [`down`] would find the lab busy): for `linen-lab` interrupted by a signal while
+/// `demo` or `up` has the lab. The same teardown as [`down`]: everything recorded, plus
+/// the namespaces, daemons and directory found by name when the state is not written yet.
+pub fn abort(name: &str, dir: &Path) -> Result<()> {
+    validate_name(name)?;
+    let state = state::read_state(dir)
+        .ok()
+        .flatten()
+        .filter(|s| s.name == name);
+    teardown(name, dir, state.as_ref())
+}
+
 /// The recorded state of the lab in `dir`, if there is one.
 pub fn load(dir: &Path) -> Result<Option<LabState>> {
     Ok(state::read_state(dir)?)
@@ -277,7 +290,11 @@ pub(crate) fn teardown(name: &str, dir: &Path, state: Option<&LabState>) -> Resu
         }
     }
     // Pods, then nodes, then the underlay; each deletion also removes its veth pair.
+    // What still runs in a namespace of ours (a ping, an iperf3 server, a daemon an
+    // interrupted command started) is ours: killed first, or it would keep the
+    // namespace alive, unnamed, after the deletion.
     for ns in &owned {
+        note(ns.kill_all().map_err(Into::into));
         note(ns.delete().map_err(Into::into));
     }
     note(state::remove_lab_dir(dir).map_err(Into::into));

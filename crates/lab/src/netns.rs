@@ -44,6 +44,8 @@ pub enum Error {
     },
     #[error("list network namespaces in {NETNS_DIR}")]
     List(#[source] io::Error),
+    #[error("processes {pids:?} in network namespace {name} outlived SIGKILL")]
+    Survivors { name: String, pids: Vec<i32> },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -219,6 +221,37 @@ impl Netns {
     }
 
     /// Ids of the processes whose network namespace this is.
+    /// Kills (SIGKILL) every process running in the namespace and waits until none is
+    /// left: for a namespace the lab owns, whose processes are all the lab's (pings,
+    /// iperf3 servers, a daemon that outlived its stop), so that deleting it frees it
+    /// instead of leaving them running in an unnamed namespace. Reaps the ones that are
+    /// this process's children.
+    pub fn kill_all(&self) -> Result<()> {
+        use nix::sys::signal::{Signal, kill};
+        use nix::sys::wait::{WaitPidFlag, waitpid};
+        use nix::unistd::Pid;
+        let me = std::process::id() as i32;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let pids: Vec<i32> = self.pids()?.into_iter().filter(|p| *p != me).collect();
+            if pids.is_empty() {
+                return Ok(());
+            }
+            for &pid in &pids {
+                // ESRCH: it exited since the listing.
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::Survivors {
+                    name: self.name.clone(),
+                    pids,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn pids(&self) -> Result<Vec<i32>> {
         if !self.exists() {
             return Ok(Vec::new());

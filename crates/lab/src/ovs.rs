@@ -222,22 +222,31 @@ impl Ovs {
     }
 
     /// SIGKILLs `daemon`, as a crash would (no cleanup of its own), and
-    /// waits until it is gone. Not running is success.
+    /// waits until it is gone: the pidfile's process and any other instance of
+    /// this node's `daemon` (one the pidfile does not name, e.g. read while it was
+    /// being rewritten), so that a daemon started next finds its pidfile unlocked
+    /// (the kernel drops the lock when the holder exits). Not running is success.
     pub fn kill(&self, daemon: Daemon) -> Result<()> {
-        let pid = self.pid(daemon);
         let proof = Proof {
             comm: daemon.comm(),
             dir: &self.dir,
         };
-        process::stop(pid, proof, Signal::SIGKILL, KILL_GRACE).map_err(|e| match e {
-            process::Error::Stop { pid, source, .. } => Error::Stop {
-                daemon: daemon.name(),
-                pid,
-                dir: self.dir.clone(),
-                source,
-            },
-            other => unreachable!("stop only times out: {other}"),
-        })
+        let mut pids = proof.find_all();
+        if let Some(p) = self.pid(daemon).filter(|p| !pids.contains(p)) {
+            pids.push(p);
+        }
+        for pid in pids {
+            process::stop(Some(pid), proof, Signal::SIGKILL, KILL_GRACE).map_err(|e| match e {
+                process::Error::Stop { pid, source, .. } => Error::Stop {
+                    daemon: daemon.name(),
+                    pid,
+                    dir: self.dir.clone(),
+                    source,
+                },
+                other => unreachable!("stop only times out: {other}"),
+            })?;
+        }
+        Ok(())
     }
 
     pub fn netns(&self) -> &Netns {

@@ -31,6 +31,12 @@ pub enum Error {
         #[source]
         source: netns::Error,
     },
+    #[error("wire the outside host {name} to the underlay")]
+    Underlay {
+        name: String,
+        #[source]
+        source: crate::underlay::Error,
+    },
     #[error("{step} for the outside host {name}")]
     Link {
         step: &'static str,
@@ -190,34 +196,15 @@ impl OutsideHost {
                 source,
             })
         };
-        let ul = &state.underlay;
+        // Wired as a node is: a veth from the underlay bridge to its eth0.
         let port = format!("x{}", self.ip.addr().octets()[3]);
-        let mtu = ul.mtu.to_string();
-        run(
-            "create the veth",
-            &mut ul.netns.ip([
-                "link",
-                "add",
-                &port,
-                "mtu",
-                &mtu,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                NODE_UPLINK,
-                "mtu",
-                &mtu,
-                "netns",
-                &name,
-            ]),
-        )?;
-        run(
-            "attach to the underlay bridge",
-            &mut ul
-                .netns
-                .ip(["link", "set", &port, "master", &ul.bridge, "up"]),
-        )?;
+        state
+            .underlay
+            .attach(&self.netns, &port)
+            .map_err(|source| Error::Underlay {
+                name: name.clone(),
+                source,
+            })?;
         let addr = self.ip.to_string();
         run(
             "address",

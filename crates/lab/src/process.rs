@@ -146,6 +146,36 @@ pub fn stop(pid: Option<i32>, proof: Proof<'_>, first: Signal, grace: Duration) 
     })
 }
 
+/// True when `pid` is on its way out: exiting already (`PF_EXITING` in
+/// `/proc/PID/stat`) or with a SIGKILL pending (`/proc/PID/status`), as right
+/// after `kill -9` from outside, before the kernel has torn it down. Such a
+/// process still matches its [`Proof`] for a moment, but is not "running".
+pub fn dying(pid: i32) -> bool {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    is_dying(&stat, &status)
+}
+
+/// Pure part of [`dying`].
+pub(crate) fn is_dying(stat: &str, status: &str) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    const SIGKILL_BIT: u64 = 1 << (9 - 1);
+    // After "PID (COMM) ": state, ppid, pgrp, session, tty_nr, tpgid, flags.
+    let flags = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().nth(6)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    let killed = status
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("SigPnd:")
+                .or_else(|| l.strip_prefix("ShdPnd:"))
+        })
+        .filter_map(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .any(|mask| mask & SIGKILL_BIT != 0);
+    flags & PF_EXITING != 0 || killed
+}
+
 /// Collects the exit status of `pid` if it is a child of this process (the
 /// lab's own `up` in a test): it would stay a zombie until this process ends.
 fn reap(pid: i32) {
@@ -179,6 +209,20 @@ pub(crate) fn process_matches(stat: &str, cmdline: &[u8], comm: &str, dir: &Path
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dying_reads_pf_exiting_and_a_pending_sigkill() {
+        let stat = |flags: u64| format!("42 (fl axd) S 1 42 42 0 -1 {flags} 0 0");
+        let status =
+            |shd: &str| format!("Name:\tflaxd\nSigPnd:\t0000000000000000\nShdPnd:\t{shd}\n");
+        assert!(!is_dying(&stat(0x400140), &status("0000000000000000")));
+        assert!(is_dying(&stat(0x400144), &status("0000000000000000")));
+        assert!(is_dying(&stat(0x400140), &status("0000000000000100")));
+        // SIGTERM pending (bit 15) is a request, not a death.
+        assert!(!is_dying(&stat(0x400140), &status("0000000000004000")));
+        // A live process of our own is not dying.
+        assert!(!dying(std::process::id() as i32));
+    }
 
     #[test]
     fn a_spawned_process_is_proven_and_stopped() {

@@ -128,3 +128,31 @@ fn a_crashed_vswitchd_comes_back_with_flaxds_tunnels_and_pings_pass() {
     drop(cluster);
     assert_nothing_left(&lab);
 }
+
+#[test]
+fn start_right_after_an_outside_kill_starts_a_new_flaxd() {
+    let lab = TestLab::new();
+    let mut cluster = Cluster::up(lab.etcd_spec(2, 0, TTL)).expect("up");
+    let old = cluster
+        .state()
+        .node("n2")
+        .unwrap()
+        .flaxd_pid
+        .expect("n2's flaxd");
+    // SIGKILL from outside the lab (an operator, the OOM killer), then `start` at once:
+    // the dying process must not pass for a running one.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let new = cluster.start_flaxd("n2").expect("start");
+    assert_ne!(new, old, "start returned the killed flaxd");
+    let n2 = cluster.state().node("n2").unwrap().clone();
+    assert_eq!(n2.flaxd_running(), Some(new));
+    eventually("n2's new flaxd healthy", Duration::from_secs(20), || {
+        (n2.flaxd_health() == linen_lab::flaxd::Health::Healthy).then_some(())
+    });
+    cluster.down().expect("down");
+    assert_nothing_left(&lab);
+}

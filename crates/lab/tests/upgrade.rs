@@ -38,6 +38,18 @@ fn pings_pass(state: &LabState) {
     assert!(passed.is_ok(), "{last}");
 }
 
+/// Pings each stream sends in its window.
+const COUNT: u32 = (WINDOW.as_millis() / INTERVAL.as_millis()) as u32;
+
+/// A 3-node etcd lab (lease TTL [`TTL`]) with one pod per node, its ping matrix passing.
+fn three_node_lab() -> (TestLab, Cluster, LabState) {
+    let lab = TestLab::new();
+    let cluster = Cluster::up(lab.etcd_spec(3, 1, TTL)).expect("up");
+    let state = cluster.state().clone();
+    pings_pass(&state);
+    (lab, cluster, state)
+}
+
 fn pod_on<'a>(state: &'a LabState, node: &str) -> &'a Pod {
     let index = state.node(node).expect("node").index;
     state.pods_on(index).next().expect("a pod")
@@ -45,22 +57,14 @@ fn pod_on<'a>(state: &'a LabState, node: &str) -> &'a Pod {
 
 #[test]
 fn a_flaxd_restart_or_crash_within_the_ttl_loses_no_packets() {
-    let lab = TestLab::new();
-    let mut cluster = Cluster::up(lab.etcd_spec(3, 1, TTL)).expect("up");
-    let state = cluster.state().clone();
-    pings_pass(&state);
-    let (p1, p2, p3) = (
-        pod_on(&state, "n1"),
-        pod_on(&state, "n2"),
-        pod_on(&state, "n3"),
-    );
+    let (lab, mut cluster, state) = three_node_lab();
+    let [p1, p2, p3] = ["n1", "n2", "n3"].map(|n| pod_on(&state, n));
     let ip = |p: &Pod| p.ip.expect("an address").addr();
-    let count = (WINDOW.as_millis() / INTERVAL.as_millis()) as u32;
 
     for mode in [StopMode::Clean, StopMode::Crash] {
         // Into the restarted node and out of it, both crossing the overlay.
-        let into = Stream::start(p1, ip(p2), INTERVAL, count).expect("ping n1 -> n2");
-        let out_of = Stream::start(p2, ip(p3), INTERVAL, count).expect("ping n2 -> n3");
+        let into = Stream::start(p1, ip(p2), INTERVAL, COUNT).expect("ping n1 -> n2");
+        let out_of = Stream::start(p2, ip(p3), INTERVAL, COUNT).expect("ping n2 -> n3");
         let started = Instant::now();
         std::thread::sleep(BEFORE);
         let old = cluster.state().node("n2").unwrap().flaxd_pid;
@@ -86,7 +90,7 @@ fn a_flaxd_restart_or_crash_within_the_ttl_loses_no_packets() {
         );
         assert_eq!(into.lost(), 0, "{mode:?}: n1 -> n2 {into}");
         assert_eq!(out_of.lost(), 0, "{mode:?}: n2 -> n3 {out_of}");
-        assert!(into.sent >= count && out_of.sent >= count);
+        assert!(into.sent >= COUNT && out_of.sent >= COUNT);
     }
 
     cluster.down().expect("down");
@@ -103,20 +107,12 @@ fn a_flaxd_restart_or_crash_within_the_ttl_loses_no_packets() {
 /// tunnel is back and every pod pings every other.
 #[test]
 fn ovs_daemon_restarts_are_measured_and_heal() {
-    let lab = TestLab::new();
-    let mut cluster = Cluster::up(lab.etcd_spec(3, 1, TTL)).expect("up");
-    let state = cluster.state().clone();
-    pings_pass(&state);
-    let (p1, p2, p3) = (
-        pod_on(&state, "n1"),
-        pod_on(&state, "n2"),
-        pod_on(&state, "n3"),
-    );
+    let (lab, mut cluster, state) = three_node_lab();
+    let [p1, p2, p3] = ["n1", "n2", "n3"].map(|n| pod_on(&state, n));
     let ip = |p: &Pod| p.ip.expect("an address").addr();
-    let count = (WINDOW.as_millis() / INTERVAL.as_millis()) as u32;
     for daemon in ["ovsdb-server", "ovs-vswitchd"] {
-        let into = Stream::start(p1, ip(p2), INTERVAL, count).expect("ping n1 -> n2");
-        let out_of = Stream::start(p2, ip(p3), INTERVAL, count).expect("ping n2 -> n3");
+        let into = Stream::start(p1, ip(p2), INTERVAL, COUNT).expect("ping n1 -> n2");
+        let out_of = Stream::start(p2, ip(p3), INTERVAL, COUNT).expect("ping n2 -> n3");
         let started = Instant::now();
         std::thread::sleep(BEFORE);
         let t = Instant::now();
@@ -141,7 +137,7 @@ fn ovs_daemon_restarts_are_measured_and_heal() {
             "{daemon} SIGKILL + restart on n2 (healed in {:.2}s): n1->n2 {into}; n2->n3 {out_of}",
             settled.as_secs_f64()
         );
-        assert!(into.sent >= count && out_of.sent >= count);
+        assert!(into.sent >= COUNT && out_of.sent >= COUNT);
         if daemon == "ovsdb-server" {
             assert_eq!(into.lost(), 0, "{daemon}: n1 -> n2 {into}");
             assert_eq!(out_of.lost(), 0, "{daemon}: n2 -> n3 {out_of}");

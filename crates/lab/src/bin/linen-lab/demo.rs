@@ -38,6 +38,8 @@ pub fn run(spec: ClusterSpec, keep: bool, seconds: u32) -> Result<ExitCode> {
         spec.lab_dir().display()
     );
     let pods = usize::from(spec.pods_per_node) * spec.nodes;
+    // From here until the lab is down (or kept), Ctrl-C tears it down.
+    crate::hold(&spec.name, &spec.lab_dir());
     let membership = match spec.membership {
         Membership::Etcd => format!(
             "; etcd on the underlay and a flaxd per node, which registers it (lease TTL {}s), lays the tunnels to every other node and writes its conflist",
@@ -89,6 +91,7 @@ pub fn run(spec: ClusterSpec, keep: bool, seconds: u32) -> Result<ExitCode> {
     let passed = matrix.passed() && egress_ok;
     if keep {
         let state = cluster.detach()?;
+        crate::release();
         println!("The lab keeps running. Try:");
         let lab = format!("--name {}", state.name);
         println!("    linen-lab status {lab}");
@@ -107,6 +110,7 @@ pub fn run(spec: ClusterSpec, keep: bool, seconds: u32) -> Result<ExitCode> {
             "Tearing down: CNI DEL of every pod, flaxd (SIGTERM) and etcd stopped, OVS stopped, namespaces deleted",
             || Ok(cluster.down()?),
         )?;
+        crate::release();
     }
     println!(
         "Demo {} in {:.1}s",

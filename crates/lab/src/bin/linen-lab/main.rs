@@ -246,8 +246,62 @@ enum FlaxdAction {
     Kill,
 }
 
+/// The lab this process is building or running (`up` until it detaches, `demo` until it
+/// is down): torn down if linen-lab is interrupted.
+static HELD: std::sync::Mutex<Option<(String, PathBuf)>> = std::sync::Mutex::new(None);
+
+/// Set once a signal arrived: the signal thread is tearing down and exits the process;
+/// the main thread (whose step fails as the lab goes away) must not end it first.
+static ABORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Marks the lab `name` in `dir` as this process's until [`release`].
+pub(crate) fn hold(name: &str, dir: &std::path::Path) {
+    *HELD.lock().unwrap_or_else(|e| e.into_inner()) = Some((name.to_owned(), dir.to_owned()));
+}
+
+/// The lab is down or detached: a signal no longer concerns it.
+pub(crate) fn release() {
+    HELD.lock().unwrap_or_else(|e| e.into_inner()).take();
+}
+
+/// SIGINT, SIGTERM and SIGHUP are blocked in every thread (this runs before any other
+/// thread exists) and taken by one thread with sigwait: it tears down the lab this process
+/// holds — CNI DEL, flaxd, etcd, OVS, whatever still runs in the lab's namespaces, the
+/// namespaces and the directory — and exits 128+signal. A signal handler could do none of
+/// that safely. Children start with an empty signal mask (std resets it in every spawn),
+/// so the daemons and tools the lab runs keep their own handling.
+fn on_signals_tear_down() -> Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
+    }
+    set.thread_block().context("block SIGINT/SIGTERM/SIGHUP")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let sig = set.wait().unwrap_or(Signal::SIGTERM);
+            ABORTING.store(true, std::sync::atomic::Ordering::SeqCst);
+            let held = HELD.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some((name, dir)) = held {
+                eprintln!("linen-lab: {sig}: tearing lab {name} down");
+                match linen_lab::abort(&name, &dir) {
+                    Ok(()) => eprintln!("linen-lab: lab {name} is down"),
+                    Err(e) => eprintln!("linen-lab: tearing lab {name} down: {e:#}"),
+                }
+            }
+            std::process::exit(128 + sig as i32);
+        })
+        .context("start the signal thread")?;
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = on_signals_tear_down() {
+        eprintln!("linen-lab: {e:#}");
+        return ExitCode::FAILURE;
+    }
     // The demo narrates its own steps; library logs would only repeat them.
     let default_filter = match cli.command {
         Command::Demo { .. } => "warn",
@@ -261,19 +315,27 @@ fn main() -> ExitCode {
         )
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match run(cli) {
+    let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("linen-lab: {e:#}");
             ExitCode::FAILURE
         }
+    };
+    // Interrupted: the signal thread finishes the teardown and exits 128+signal.
+    while ABORTING.load(std::sync::atomic::Ordering::SeqCst) {
+        std::thread::park();
     }
+    code
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Up { lab, shape } => {
-            let state = Cluster::up(shape.spec(&lab))?.detach()?;
+            let spec = shape.spec(&lab);
+            hold(&spec.name, &spec.lab_dir());
+            let state = Cluster::up(spec)?.detach()?;
+            release();
             print_status(&state.dir)?;
         }
         Command::Down { lab } => {
