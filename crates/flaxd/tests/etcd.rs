@@ -453,3 +453,55 @@ async fn a_fixed_pod_cidr_is_recorded_and_never_shared() {
     assert_eq!(status, 200);
     db.shutdown().await.unwrap();
 }
+
+/// A frozen etcd (SIGSTOP: sockets open, nothing answered) says nothing on the membership
+/// watch; flaxd still notices through its lease renewal and reports the source
+/// disconnected (`flaxd_source_connected 0`), keeps the node's tunnels, and reports it
+/// connected again once etcd answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_etcd_is_reported_disconnected_until_it_answers_again() {
+    init_logs();
+    let etcd = Etcd::start().await;
+    let eps = etcd.endpoints();
+    let a = Node::new("a", "192.0.2.1");
+    let b = Node::new("b", "192.0.2.2");
+    let ttl = 3;
+    let da = a.start_etcd(&eps, ttl).await;
+    let db = b.start_etcd(&eps, ttl).await;
+    a.ovs.await_tunnels(&[("b", "192.0.2.2")]).await;
+    let connected =
+        |d: &flaxd::daemon::Daemon| d.metrics().source_connected.load(Ordering::Relaxed);
+    eventually("a connected", LONG, || async {
+        connected(&da).then_some(())
+    })
+    .await;
+
+    etcd.freeze(0);
+    let frozen = Instant::now();
+    eventually("a to see etcd frozen", LONG, || async {
+        (!connected(&da)).then_some(())
+    })
+    .await;
+    let noticed = frozen.elapsed();
+    // Nothing is taken down meanwhile: the last membership stands.
+    assert!(da.members().borrow().members.contains_key("b"));
+    a.ovs.await_tunnels(&[("b", "192.0.2.2")]).await;
+
+    etcd.thaw(0);
+    let thawed = Instant::now();
+    eventually("a connected again", LONG, || async {
+        connected(&da).then_some(())
+    })
+    .await;
+    eprintln!(
+        "etcd frozen -> flaxd_source_connected 0 in {:.1}s (lease TTL {ttl}s, request timeout 5s); thawed -> 1 in {:.1}s",
+        noticed.as_secs_f64(),
+        thawed.elapsed().as_secs_f64()
+    );
+    assert!(
+        noticed >= Duration::from_millis(500),
+        "noticed in {noticed:?}: too soon to be the freeze"
+    );
+    da.shutdown().await.unwrap();
+    db.shutdown().await.unwrap();
+}

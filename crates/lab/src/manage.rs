@@ -220,6 +220,13 @@ pub(crate) fn teardown(name: &str, dir: &Path, state: Option<&LabState>) -> Resu
             first.get_or_insert(e);
         }
     };
+    // What runs in the pods' namespaces (a ping, an iperf3 an interrupted demo left) is
+    // the lab's: killed first, since the pods' DEL below also deletes their namespaces.
+    if let Some(state) = state {
+        for pod in &state.pods {
+            note(pod.netns.kill_all().map_err(Into::into));
+        }
+    }
     // CNI DEL for every pod while its node and OVS still run (best effort:
     // deleting the namespaces below removes what a failed DEL left).
     if let Some(state) = state {

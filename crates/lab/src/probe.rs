@@ -35,7 +35,7 @@ pub enum Error {
     Underlay {
         name: String,
         #[source]
-        source: crate::underlay::Error,
+        source: Box<crate::underlay::Error>,
     },
     #[error("{step} for the outside host {name}")]
     Link {
@@ -203,7 +203,7 @@ impl OutsideHost {
             .attach(&self.netns, &port)
             .map_err(|source| Error::Underlay {
                 name: name.clone(),
-                source,
+                source: Box::new(source),
             })?;
         let addr = self.ip.to_string();
         run(

@@ -94,10 +94,21 @@ fn an_interrupted_demo_tears_its_lab_down() {
         .expect("start linen-lab demo");
     // Interrupt it during the iperf3 transfer: a server and a client run in pod
     // namespaces then, besides etcd, a flaxd and OVS per node.
+    // Its output is read to the end on a thread (a closed pipe would fail the demo).
     let stdout = BufReader::new(child.stdout.take().unwrap());
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
     let mut seen = Vec::new();
-    for line in stdout.lines() {
-        let line = line.expect("demo output");
+    loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|e| panic!("{e}: the demo said:\n{}", seen.join("\n")));
         let at_transfer = line.contains("TCP across the overlay");
         seen.push(line);
         if at_transfer {

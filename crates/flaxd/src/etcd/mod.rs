@@ -383,7 +383,7 @@ impl EtcdSource {
         let mut lease = None;
         tokio::select! {
             _ = shutdown.cancelled() => {}
-            e = register::keep_registered(client.clone(), &reg, &mut lease, self.metrics.as_deref()) => {
+            e = register::keep_registered(client.clone(), &reg, &mut lease, self.metrics.as_deref(), Some(&publisher)) => {
                 // Another flaxd runs as this node: its lease is not ours to renew.
                 tracing::error!(error = %e, "not running as this node");
                 return Err(e);

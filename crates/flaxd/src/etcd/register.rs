@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{EtcdError, node_key, timed};
 use crate::backoff::Backoff;
+use crate::membership::Publisher;
 use crate::metrics::Metrics;
 
 /// The bound on the last renewal on shutdown.
@@ -123,11 +124,17 @@ impl Registration {
 /// the caller can renew it one last time on shutdown.
 /// A record found deleted or overwritten makes the node "not a member" in `metrics`
 /// (`/healthz` 503) until it is back.
+///
+/// The lease keep-alive is also flaxd's heartbeat with etcd: the membership watch says
+/// nothing while etcd is frozen (a stopped process, a partition that drops packets), but a
+/// renewal then times out. Any failure marks the source disconnected on `publisher`
+/// (`flaxd_source_connected 0`), and a registration that stands again marks it connected.
 pub(crate) async fn keep_registered(
     mut client: Client,
     reg: &Registration,
     lease: &mut Option<i64>,
     metrics: Option<&Metrics>,
+    publisher: Option<&Publisher>,
 ) -> EtcdError {
     let period = reg.period();
     let mut backoff = Backoff::new(Duration::from_millis(100), period);
@@ -139,9 +146,20 @@ pub(crate) async fn keep_registered(
             lease,
             &mut backoff,
             metrics,
+            publisher,
             &mut starting,
         )
         .await;
+        // etcd answered these; anything else (a timeout, a broken stream) is a lost link.
+        let answered = matches!(
+            e,
+            EtcdError::RecordLost { .. }
+                | EtcdError::NameHeld { .. }
+                | EtcdError::NameContested { .. }
+        );
+        if let (false, Some(p)) = (answered, publisher) {
+            p.set_connected(false);
+        }
         if matches!(
             e,
             EtcdError::NameHeld { .. } | EtcdError::NameContested { .. }
@@ -196,6 +214,7 @@ async fn register_and_renew(
     lease: &mut Option<i64>,
     backoff: &mut Backoff,
     metrics: Option<&Metrics>,
+    publisher: Option<&Publisher>,
     starting: &mut bool,
 ) -> Result<Infallible, EtcdError> {
     let key = reg.key.as_str();
@@ -247,6 +266,9 @@ async fn register_and_renew(
     revision = revision.max(put_holder(client, reg, adopted).await?);
     if let Some(m) = metrics {
         m.set_not_member(None);
+    }
+    if let Some(p) = publisher {
+        p.set_connected(true);
     }
     let registered = Instant::now();
     let (mut keeper, mut renewals) =

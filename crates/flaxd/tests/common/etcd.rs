@@ -141,3 +141,21 @@ impl Drop for Etcd {
         }
     }
 }
+
+impl Etcd {
+    /// SIGSTOPs member `i`: it keeps its sockets but answers nothing (a hung etcd).
+    pub fn freeze(&self, i: usize) {
+        self.signal(i, nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// SIGCONTs member `i` after [`Etcd::freeze`].
+    pub fn thaw(&self, i: usize) {
+        self.signal(i, nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, i: usize, sig: nix::sys::signal::Signal) {
+        let child = self.members[i].child.as_ref().expect("a running member");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig)
+            .unwrap_or_else(|e| panic!("{sig} to etcd member {i}: {e}"));
+    }
+}

@@ -264,33 +264,33 @@ pub(crate) fn release() {
     HELD.lock().unwrap_or_else(|e| e.into_inner()).take();
 }
 
-/// SIGINT, SIGTERM and SIGHUP are blocked in every thread (this runs before any other
-/// thread exists) and taken by one thread with sigwait: it tears down the lab this process
-/// holds — CNI DEL, flaxd, etcd, OVS, whatever still runs in the lab's namespaces, the
-/// namespaces and the directory — and exits 128+signal. A signal handler could do none of
-/// that safely. Children start with an empty signal mask (std resets it in every spawn),
-/// so the daemons and tools the lab runs keep their own handling.
+/// On SIGINT, SIGTERM or SIGHUP, one thread tears down the lab this process holds — CNI
+/// DEL, flaxd, etcd, OVS, whatever still runs in the lab's namespaces, the namespaces and
+/// the directory — and exits 128+signal. A signal handler could do none of that safely:
+/// signal-hook's handlers only write to a pipe the thread reads. (Blocking the signals and
+/// `sigwait`ing instead would hand the blocked mask to every daemon the lab starts: they
+/// then ignore SIGTERM.)
 fn on_signals_tear_down() -> Result<()> {
-    use nix::sys::signal::{SigSet, Signal};
-    let mut set = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        set.add(s);
-    }
-    set.thread_block().context("block SIGINT/SIGTERM/SIGHUP")?;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .context("signal handlers")?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            let sig = set.wait().unwrap_or(Signal::SIGTERM);
+            let Some(sig) = signals.forever().next() else {
+                return;
+            };
             ABORTING.store(true, std::sync::atomic::Ordering::SeqCst);
+            let name = signal_hook::low_level::signal_name(sig).unwrap_or("signal");
             let held = HELD.lock().unwrap_or_else(|e| e.into_inner()).take();
-            if let Some((name, dir)) = held {
-                eprintln!("linen-lab: {sig}: tearing lab {name} down");
-                match linen_lab::abort(&name, &dir) {
-                    Ok(()) => eprintln!("linen-lab: lab {name} is down"),
-                    Err(e) => eprintln!("linen-lab: tearing lab {name} down: {e:#}"),
+            if let Some((lab, dir)) = held {
+                eprintln!("linen-lab: {name}: tearing lab {lab} down");
+                match linen_lab::abort(&lab, &dir) {
+                    Ok(()) => eprintln!("linen-lab: lab {lab} is down"),
+                    Err(e) => eprintln!("linen-lab: tearing lab {lab} down: {e:#}"),
                 }
             }
-            std::process::exit(128 + sig as i32);
+            std::process::exit(128 + sig);
         })
         .context("start the signal thread")?;
     Ok(())
