@@ -82,3 +82,99 @@ async fn tunnels_follow_the_peer_file() {
     assert!(d.members().borrow().connected);
     d.shutdown().await.unwrap();
 }
+
+/// A tmpfs of `size` mounted on `dir` for the test, unmounted when dropped (and, if the
+/// test process is killed, by scripts/sweep-test-leftovers.sh: `dir` carries the lnt prefix).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
+        common::run(
+            std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "lnt-full"])
+                .arg(dir),
+        );
+        Tmpfs(dir.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// The conflist's directory is full (a 64 KiB tmpfs filled up): flaxd still lays the
+/// tunnels, leaves no partial conflist and no temporary file, says why on /healthz, and
+/// writes the conflist as soon as there is room, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_conflist_directory_fails_cleanly_and_heals() {
+    use std::io::Write as _;
+    init_logs();
+    let a = Node::new("a", "192.0.2.1");
+    let dir = testkit::tempdir().unwrap();
+    let peers = dir.path().join("peers.yaml");
+    write_peers(&peers, &[("a", "192.0.2.1"), ("b", "192.0.2.2")]);
+    let netd = dir.path().join("net.d");
+    std::fs::create_dir(&netd).unwrap();
+    let _tmpfs = Tmpfs::mount(&netd, "64k");
+    let filler = netd.join("filler");
+    {
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = [0u8; 4096];
+        let full = loop {
+            if let Err(e) = f.write_all(&block) {
+                break e;
+            }
+        };
+        assert_eq!(full.raw_os_error(), Some(libc::ENOSPC), "{full}");
+    }
+    let mut cfg = a.config();
+    cfg.pod_cidr = Some("10.244.1.0/24".parse().unwrap());
+    let conflist = netd.join("10-linen.conflist");
+    cfg.conflist.as_mut().unwrap().path = conflist.clone();
+    let d = a.start_file(&peers, cfg).await;
+
+    // OVS first: the tunnels are there though the conflist cannot be written.
+    a.ovs.await_tunnels(&[("b", "192.0.2.2")]).await;
+    let why = eventually("flaxd to report the full disk", LONG, || async {
+        d.metrics()
+            .health()
+            .err()
+            .filter(|e| e.contains("conflist"))
+    })
+    .await;
+    assert!(why.contains("No space left"), "{why}");
+    assert!(d.metrics().reconcile_errors.load(Ordering::Relaxed) > 0);
+    let names = || -> Vec<String> {
+        std::fs::read_dir(&netd)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert_eq!(
+        names(),
+        ["filler"],
+        "no partial conflist, no temporary file"
+    );
+
+    // Room again: the retry writes it, and flaxd is healthy.
+    std::fs::remove_file(&filler).unwrap();
+    let healed = std::time::Instant::now();
+    eventually("the conflist after the disk has room", LONG, || async {
+        (conflist.exists() && d.metrics().health().is_ok()).then_some(())
+    })
+    .await;
+    eprintln!(
+        "conflist written {:.1}s after space was freed",
+        healed.elapsed().as_secs_f64()
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&conflist).unwrap()).unwrap();
+    assert_eq!(v["plugins"][0]["ipam"]["gateway"], "10.244.1.1");
+    assert_eq!(names(), ["10-linen.conflist"]);
+    d.shutdown().await.unwrap();
+}
