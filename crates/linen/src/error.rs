@@ -78,6 +78,10 @@ pub enum Error {
         index: u32,
         why: String,
     },
+    #[error(
+        "ovs-vswitchd has not reported the ifindex of bridge {bridge}'s internal port yet (ovsdb-server restarted?): try again"
+    )]
+    IfindexUnknown { bridge: String },
     #[error("ovs-vswitchd did not create the internal port of bridge {bridge}{}", why.as_ref().map(|w| format!(": {w}")).unwrap_or_default())]
     NoInternalPort { bridge: String, why: Option<String> },
     #[error("check failed: {0}")]
@@ -148,6 +152,7 @@ impl Error {
             Error::PodLinkMissing { .. } => E::UNKNOWN_CONTAINER,
             Error::AttachedElsewhere { .. } | Error::LinkNotOurs { .. } => code::CONFLICT,
             Error::NoInternalPort { .. } => code::NO_INTERNAL_PORT,
+            Error::IfindexUnknown { .. } => E::TRY_AGAIN_LATER,
             Error::Check(_) => code::CHECK_FAILED,
             Error::HostPort(crate::hostport::HostPortError::Taken { .. }) => code::HOST_PORT_TAKEN,
             Error::HostPort(crate::hostport::HostPortError::BadMapping(_)) => {
@@ -212,6 +217,13 @@ mod tests {
                 }),
                 Verb::Add,
                 code::OVSDB_FAILED,
+            ),
+            (
+                Error::IfindexUnknown {
+                    bridge: "br0".into(),
+                },
+                Verb::Add,
+                11,
             ),
             (
                 Error::NotANetns {

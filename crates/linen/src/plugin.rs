@@ -342,7 +342,27 @@ async fn pod_link(args: &CmdArgs, pod: PodSocket) -> Result<(Netlink, Link)> {
 /// Interface row of that name and reports `link`'s ifindex for it. Anything else is a link
 /// Linen did not create (a veth, a Linux bridge, another switch's port) and is refused.
 async fn verify_internal(ovs: &Ovs, bridge: &str, link: &Link) -> Result<()> {
-    let row = ovs.interface(bridge).await?;
+    let mut row = ovs.interface(bridge).await?;
+    // `ifindex` is an ephemeral column: after an ovsdb-server restart it is empty until
+    // ovs-vswitchd reports it again. Unknown is not a mismatch: ask ovs-vswitchd to
+    // reconfigure (waiting until it has), read again, and if it is still unknown say
+    // "try again later" rather than refuse the link for good.
+    let unknown = |r: &Option<ovsdb::vswitch::Interface>| {
+        r.as_ref().is_some_and(|i| {
+            model::is_owned(&i.external_ids)
+                && i.kind == "internal"
+                && i.ifindex.is_none_or(|x| x <= 0)
+        })
+    };
+    if unknown(&row) {
+        ovs.sync().await?;
+        row = ovs.interface(bridge).await?;
+        if unknown(&row) {
+            return Err(Error::IfindexUnknown {
+                bridge: bridge.to_owned(),
+            });
+        }
+    }
     let ours = row.as_ref().is_some_and(|i| {
         model::is_owned(&i.external_ids)
             && i.kind == "internal"
