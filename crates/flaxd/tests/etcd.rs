@@ -505,3 +505,88 @@ async fn a_frozen_etcd_is_reported_disconnected_until_it_answers_again() {
     da.shutdown().await.unwrap();
     db.shutdown().await.unwrap();
 }
+
+/// Issue 9's fault suite: one member of a 3-member etcd cluster dies in the middle of a
+/// burst of 1000 joins (10 transactions of 100, the member SIGKILLed after the 4th). The
+/// survivors keep quorum: every join reaches the node's tunnels, a peer (b) is never
+/// dropped (its lease is renewed through the survivors), and both flaxds end healthy.
+/// VTEPs are from 198.18.0.0/15 (benchmarking, RFC 2544); no packet is sent to them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_member_lost_during_a_burst_of_1000_joins_loses_nothing() {
+    init_logs();
+    let mut etcd = Etcd::cluster(3).await;
+    let eps = etcd.all_endpoints();
+    let a = Node::new("a", "192.0.2.1");
+    let b = Node::new("b", "192.0.2.2");
+    let da = a.start_etcd(&eps, 3).await;
+    let db = b.start_etcd(&eps, 3).await;
+    a.ovs.await_tunnels(&[("b", "192.0.2.2")]).await;
+
+    let started = Instant::now();
+    let mut want = vec![("b".to_owned(), "192.0.2.2".to_owned())];
+    for batch in 0..10u32 {
+        if batch == 4 {
+            etcd.stop(0);
+        }
+        let mut puts = Vec::new();
+        for i in batch * 100..(batch + 1) * 100 {
+            let ip = format!("198.18.{}.{}", i / 250, i % 250 + 1);
+            let value = format!(r#"{{"vtep":"{ip}"}}"#);
+            puts.push(etcd_client::TxnOp::put(
+                node_key("/linen", &format!("m{i}")),
+                value,
+                None,
+            ));
+            want.push((format!("m{i}"), ip));
+        }
+        // The writer retries a batch its client sent to the dead member (puts are
+        // idempotent); flaxd must need no such help.
+        let mut written = false;
+        for _ in 0..20 {
+            let mut kv = etcd_client::Client::connect(etcd.endpoints(), None)
+                .await
+                .expect("etcd client");
+            if kv
+                .txn(etcd_client::Txn::new().and_then(puts.clone()))
+                .await
+                .is_ok()
+            {
+                written = true;
+                break;
+            }
+        }
+        assert!(
+            written,
+            "batch {batch} could not be written to the survivors"
+        );
+        assert!(
+            da.members().borrow().members.contains_key("b"),
+            "a lost b during the burst (batch {batch})"
+        );
+    }
+    let want: Vec<(&str, &str)> = want
+        .iter()
+        .map(|(n, ip)| (n.as_str(), ip.as_str()))
+        .collect();
+    a.ovs.await_tunnels(&want).await;
+    eprintln!(
+        "1000 joins across an etcd member loss: a has all {} tunnels {:.1}s after the burst began",
+        want.len(),
+        started.elapsed().as_secs_f64()
+    );
+    // For longer than a TTL after the loss, b's lease lives on through the survivors.
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        assert!(
+            da.members().borrow().members.contains_key("b"),
+            "a lost b after the member loss"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eventually("both flaxds healthy", LONG, || async {
+        (da.metrics().health().is_ok() && db.metrics().health().is_ok()).then_some(())
+    })
+    .await;
+    da.shutdown().await.unwrap();
+    db.shutdown().await.unwrap();
+}
