@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{Etcd, LONG, Node, eventually, http_get, init_logs};
+use flaxd::Daemon;
 use flaxd::etcd::{
     Resume, allocate_subnet, etcd_client, follow_members, leave, node_key, release_subnets,
 };
@@ -267,21 +268,40 @@ async fn a_watch_behind_a_compaction_lists_again() {
     task.await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_three_member_etcd_cluster_survives_a_stopped_member() {
+/// A 3-member etcd cluster and two flaxds (a, b; lease TTL 3 s) on every member's
+/// endpoint, a with its tunnel to b.
+async fn two_nodes_on_three_members() -> (Etcd, Node, Node, Daemon, Daemon) {
     init_logs();
-    let mut etcd = Etcd::cluster(3).await;
+    let etcd = Etcd::cluster(3).await;
     let eps = etcd.all_endpoints();
     let a = Node::new("a", "192.0.2.1");
     let b = Node::new("b", "192.0.2.2");
     let da = a.start_etcd(&eps, 3).await;
     let db = b.start_etcd(&eps, 3).await;
     a.ovs.await_tunnels(&[("b", "192.0.2.2")]).await;
+    (etcd, a, b, da, db)
+}
+
+/// Asserts that `d`'s membership holds `peer` at every check (100 ms apart) for `how_long`.
+async fn keeps_member(d: &Daemon, peer: &str, how_long: Duration) {
+    let until = Instant::now() + how_long;
+    while Instant::now() < until {
+        assert!(
+            d.members().borrow().members.contains_key(peer),
+            "{peer} was dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_member_etcd_cluster_survives_a_stopped_member() {
+    let (mut etcd, a, b, da, db) = two_nodes_on_three_members().await;
 
     etcd.stop(0);
     // Membership keeps flowing through the remaining quorum: a node joins, and a node leaves.
     let c = Node::new("c", "192.0.2.3");
-    let dc = c.start_etcd(&eps, 3).await;
+    let dc = c.start_etcd(&etcd.all_endpoints(), 3).await;
     a.ovs
         .await_tunnels(&[("b", "192.0.2.2"), ("c", "192.0.2.3")])
         .await;
@@ -297,11 +317,7 @@ async fn a_three_member_etcd_cluster_survives_a_stopped_member() {
         .expect("c leaves");
     a.ovs.await_tunnels(&[("b", "192.0.2.2")]).await;
     // Leases keep being renewed through the survivors: for more than a TTL, a never loses b.
-    let until = Instant::now() + Duration::from_secs(4);
-    while Instant::now() < until {
-        assert!(da.members().borrow().members.contains_key("b"), "a lost b");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    keeps_member(&da, "b", Duration::from_secs(4)).await;
     b.ovs.await_tunnels(&[("a", "192.0.2.1")]).await;
     da.shutdown().await.unwrap();
     db.shutdown().await.unwrap();
@@ -469,8 +485,7 @@ async fn a_frozen_etcd_is_reported_disconnected_until_it_answers_again() {
     let da = a.start_etcd(&eps, ttl).await;
     let db = b.start_etcd(&eps, ttl).await;
     a.ovs.await_tunnels(&[("b", "192.0.2.2")]).await;
-    let connected =
-        |d: &flaxd::daemon::Daemon| d.metrics().source_connected.load(Ordering::Relaxed);
+    let connected = |d: &Daemon| d.metrics().source_connected.load(Ordering::Relaxed);
     eventually("a connected", LONG, || async {
         connected(&da).then_some(())
     })
@@ -513,14 +528,7 @@ async fn a_frozen_etcd_is_reported_disconnected_until_it_answers_again() {
 /// VTEPs are from 198.18.0.0/15 (benchmarking, RFC 2544); no packet is sent to them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_etcd_member_lost_during_a_burst_of_1000_joins_loses_nothing() {
-    init_logs();
-    let mut etcd = Etcd::cluster(3).await;
-    let eps = etcd.all_endpoints();
-    let a = Node::new("a", "192.0.2.1");
-    let b = Node::new("b", "192.0.2.2");
-    let da = a.start_etcd(&eps, 3).await;
-    let db = b.start_etcd(&eps, 3).await;
-    a.ovs.await_tunnels(&[("b", "192.0.2.2")]).await;
+    let (mut etcd, a, _b, da, db) = two_nodes_on_three_members().await;
 
     let started = Instant::now();
     let mut want = vec![("b".to_owned(), "192.0.2.2".to_owned())];
@@ -575,14 +583,7 @@ async fn an_etcd_member_lost_during_a_burst_of_1000_joins_loses_nothing() {
         started.elapsed().as_secs_f64()
     );
     // For longer than a TTL after the loss, b's lease lives on through the survivors.
-    let until = Instant::now() + Duration::from_secs(4);
-    while Instant::now() < until {
-        assert!(
-            da.members().borrow().members.contains_key("b"),
-            "a lost b after the member loss"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    keeps_member(&da, "b", Duration::from_secs(4)).await;
     eventually("both flaxds healthy", LONG, || async {
         (da.metrics().health().is_ok() && db.metrics().health().is_ok()).then_some(())
     })
