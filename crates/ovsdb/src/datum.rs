@@ -583,3 +583,34 @@ mod tests {
         assert!(Row::from_json(&json!({"x": null})).is_err());
     }
 }
+
+/// Property tests (issue 9's fuzzing): any JSON decodes to a datum or is refused, never a
+/// panic; what decodes encodes back to itself.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+    use testkit::props;
+
+    #[test]
+    fn any_json_decodes_or_is_refused_and_round_trips() {
+        let tagged = prop_oneof![Just("set"), Just("map"), Just("uuid"), Just("named-uuid")];
+        props::check(
+            "ovsdb datum decode",
+            20_000,
+            prop_oneof![
+                props::json(),
+                (tagged, props::json()).prop_map(|(t, v)| serde_json::json!([t, v])),
+            ],
+            |value| {
+                if let Ok(d) = Datum::from_json(&value) {
+                    let again = Datum::from_json(&d.to_json()).ok();
+                    prop_assert_eq!(again, Some(d));
+                }
+                // A row decodes or is refused; a panic fails the property.
+                let _ = Row::from_json(&value);
+                Ok(())
+            },
+        );
+    }
+}

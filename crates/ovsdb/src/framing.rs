@@ -154,3 +154,63 @@ mod tests {
         assert!(split_all(&[b"[1]"]).is_err());
     }
 }
+
+/// Property tests (issue 9's fuzzing): the framer on any byte stream, and on real messages
+/// cut at any place.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+    use testkit::props;
+
+    #[test]
+    fn messages_come_out_whole_however_the_stream_is_cut() {
+        props::check(
+            "ovsdb framing: messages cut anywhere",
+            5_000,
+            (
+                prop::collection::vec(
+                    props::json().prop_map(|v| serde_json::json!({ "params": v })),
+                    1..6,
+                ),
+                prop::collection::vec(1usize..64, 1..32),
+            ),
+            |(messages, cuts)| {
+                // Compared as text: each frame must be exactly the bytes of one message.
+                let messages: Vec<String> = messages.iter().map(|m| m.to_string()).collect();
+                let stream: Vec<u8> = messages.concat().into_bytes();
+                let mut f = Framer::default();
+                let mut out = Vec::new();
+                let mut at = 0;
+                for len in cuts.iter().cycle() {
+                    if at >= stream.len() {
+                        break;
+                    }
+                    let end = (at + len).min(stream.len());
+                    f.push(&stream[at..end]);
+                    at = end;
+                    while let Some(m) = f.next_message().expect("valid JSON frames") {
+                        out.push(String::from_utf8(m).expect("UTF-8 in, UTF-8 out"));
+                    }
+                }
+                prop_assert_eq!(out, messages);
+                Ok(())
+            },
+        );
+    }
+
+    #[test]
+    fn any_bytes_frame_or_fail_without_panicking() {
+        props::check(
+            "ovsdb framing: any bytes",
+            20_000,
+            prop::collection::vec(any::<u8>(), 0..512),
+            |bytes| {
+                let mut f = Framer::default();
+                f.push(&bytes);
+                while let Ok(Some(_)) = f.next_message() {}
+                Ok(())
+            },
+        );
+    }
+}

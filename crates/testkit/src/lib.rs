@@ -12,6 +12,7 @@
 pub mod binary;
 pub mod cgroup;
 pub mod process;
+pub mod props;
 pub mod require;
 mod wait;
 
