@@ -231,24 +231,29 @@ impl Netns {
         use nix::sys::wait::{WaitPidFlag, waitpid};
         use nix::unistd::Pid;
         let me = std::process::id() as i32;
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            let pids: Vec<i32> = self.pids()?.into_iter().filter(|p| *p != me).collect();
-            if pids.is_empty() {
-                return Ok(());
-            }
-            for &pid in &pids {
-                // ESRCH: it exited since the listing.
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
-            }
-            if std::time::Instant::now() >= deadline {
-                return Err(Error::Survivors {
-                    name: self.name.clone(),
-                    pids,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let mut left = Vec::new();
+        let gone = crate::wait::until(
+            format!("the processes in {} to die", self.name),
+            Duration::from_secs(5),
+            || {
+                left = match self.pids() {
+                    Ok(p) => p.into_iter().filter(|p| *p != me).collect(),
+                    Err(e) => return Some(Err(e)),
+                };
+                for &pid in &left {
+                    // ESRCH: it exited since the listing.
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+                }
+                left.is_empty().then_some(Ok(()))
+            },
+        );
+        match gone {
+            Ok(result) => result,
+            Err(_) => Err(Error::Survivors {
+                name: self.name.clone(),
+                pids: left,
+            }),
         }
     }
 

@@ -186,16 +186,8 @@ pub(crate) async fn keep_registered(
 async fn hold_lease(client: &mut Client, lease: i64) {
     const TRIES: usize = 5;
     for attempt in 1..=TRIES {
-        let renewed = async {
-            let (mut keeper, mut renewals) =
-                timed("lease keep-alive", client.lease_keep_alive(lease)).await?;
-            timed("lease keep-alive", keeper.keep_alive()).await?;
-            timed("lease keep-alive", renewals.message()).await
-        }
-        .await;
-        match renewed {
-            Ok(Some(r)) if r.ttl() > 0 => return,
-            // Expired: nothing to hold; registering again grants a new one.
+        match renew(client, lease).await {
+            // Renewed, or expired (nothing to hold: registering again grants a new one).
             Ok(_) => return,
             Err(e) => {
                 tracing::debug!(lease, attempt, error = %crate::reconcile::error_chain(&e), "cannot renew the lease yet");
@@ -458,16 +450,21 @@ pub(crate) async fn release_holder(client: &mut Client, reg: &Registration) {
     }
 }
 
+/// One keep-alive round trip for `lease`: etcd's answer (a TTL of 0 means it expired).
+async fn renew(
+    client: &mut Client,
+    lease: i64,
+) -> Result<Option<etcd_client::LeaseKeepAliveResponse>, EtcdError> {
+    let (mut keeper, mut renewals) =
+        timed("lease keep-alive", client.lease_keep_alive(lease)).await?;
+    timed("lease keep-alive", keeper.keep_alive()).await?;
+    timed("lease keep-alive", renewals.message()).await
+}
+
 /// Renews `lease` once, so that a successor has a whole TTL to adopt the record. Best
 /// effort, and bounded by [`LAST_RENEWAL`]: shutting down never waits for etcd long.
 pub(crate) async fn renew_once(client: &mut Client, lease: i64) {
-    let renewed = async {
-        let (mut keeper, mut renewals) =
-            timed("lease keep-alive", client.lease_keep_alive(lease)).await?;
-        timed("lease keep-alive", keeper.keep_alive()).await?;
-        timed("lease keep-alive", renewals.message()).await
-    };
-    match tokio::time::timeout(LAST_RENEWAL, renewed).await {
+    match tokio::time::timeout(LAST_RENEWAL, renew(client, lease)).await {
         Ok(Ok(Some(r))) if r.ttl() > 0 => tracing::info!(
             lease,
             ttl = r.ttl(),
