@@ -103,6 +103,8 @@ pub struct Link {
     pub master: Option<u32>,
     pub mtu: u32,
     pub up: bool,
+    /// The hardware address, as CNI results write it (`aa:bb:cc:dd:ee:ff`).
+    pub mac: Option<String>,
 }
 
 impl Link {
@@ -270,12 +272,21 @@ fn to_link(msg: &LinkMessage) -> Link {
         master: None,
         mtu: 0,
         up: msg.header.flags.contains(LinkFlags::Up),
+        mac: None,
     };
     for attr in &msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => link.name = n.clone(),
             LinkAttribute::Mtu(m) => link.mtu = *m,
             LinkAttribute::Controller(m) => link.master = Some(*m),
+            LinkAttribute::Address(a) if a.len() == 6 => {
+                link.mac = Some(
+                    a.iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<Vec<_>>()
+                        .join(":"),
+                );
+            }
             LinkAttribute::LinkInfo(infos) => {
                 link.kind = infos.iter().find_map(|i| match i {
                     LinkInfo::Kind(k) => Some(kind_name(k)),

@@ -156,6 +156,8 @@ async fn prepare(cfg: LinenConfig, nl: &Netlink) -> Result<Prepared> {
 /// The pod's interfaces as prevResult and the kernel describe them.
 struct Attached {
     linux_bridge: Link,
+    /// Index in `prevResult.interfaces` of the Linux bridge.
+    bridge_index: usize,
     /// Index in `prevResult.interfaces` and the link of the host end of the pod's veth.
     host_veth: Option<(usize, Link)>,
     /// Index in `prevResult.interfaces` of the container end.
@@ -180,13 +182,13 @@ async fn attached(prev: &types::Result, ifname: &str, nl: &Netlink) -> Result<At
         // The link kind decides, not the position in the list.
         if let Some(link) = nl.link_by_name(&iface.name).await? {
             if link.is_bridge() && linux_bridge.is_none() {
-                linux_bridge = Some(link);
+                linux_bridge = Some((i, link));
             } else {
                 host_links.push((i, link));
             }
         }
     }
-    let linux_bridge = linux_bridge.ok_or_else(|| Error::NoLinuxBridge {
+    let (bridge_index, linux_bridge) = linux_bridge.ok_or_else(|| Error::NoLinuxBridge {
         names: prev
             .interfaces
             .iter()
@@ -206,6 +208,7 @@ async fn attached(prev: &types::Result, ifname: &str, nl: &Netlink) -> Result<At
         .find(|(_, l)| l.master == Some(linux_bridge.index));
     Ok(Attached {
         linux_bridge,
+        bridge_index,
         host_veth,
         pod_index,
     })
@@ -303,6 +306,14 @@ async fn add(
         _ => None,
     };
     let mut result = prev.clone();
+    // The Linux bridge's MAC as it is now. The reference bridge plugin records the bridge's
+    // MAC before it pins it, so when several first ADDs on a node race, another pod's veth
+    // can change it in between and the bridge plugin's own CHECK then fails with "Mac
+    // doesn't match" (reproduced with the bridge plugin alone: 32 concurrent ADDs, no
+    // Linen). The bridge is pinned by now, so the address read here is the one CHECK sees.
+    if att.linux_bridge.mac.is_some() {
+        result.interfaces[att.bridge_index].mac = att.linux_bridge.mac.clone();
+    }
     if let Some(mtu) = target {
         // If this fails half-way the runtime's DEL removes the veth pair; nothing else
         // per-pod was changed.
