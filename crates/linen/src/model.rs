@@ -41,6 +41,15 @@ pub const PEER_KEY: &str = "linen-peer";
 /// Bridge `external_ids` key naming who manages the bridge's tunnels and controllers:
 /// [`Source::Flaxd`] once a flaxd has written the bridge (see [`plan`]).
 pub const TUNNELS_KEY: &str = "linen-tunnels";
+/// Bridge `external_ids` key holding [`desired_digest`] of the tunnels and controllers the
+/// plugin last made an unmarked bridge hold. A warm ADD whose configuration has the same
+/// digest reads two rows by name instead of the whole bridge ([`warm_in_step`]).
+pub const DESIRED_KEY: &str = "linen-desired";
+/// Internal Interface `external_ids` key holding the Bridge row's `_version` (OVSDB changes
+/// it on every write of the row) as it was right after the plugin's last write: any later
+/// change of the row (a port removed or added by hand, a controller, the fail mode) makes
+/// the warm check fail, and the ADD reads everything and repairs it.
+pub const BRIDGE_VERSION_KEY: &str = "linen-bridge-version";
 /// The bridge's fail mode: NORMAL switching when no controller is connected.
 pub const FAIL_MODE: &str = "standalone";
 
@@ -163,6 +172,8 @@ pub fn is_owned(external_ids: &BTreeMap<String, String>) -> bool {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ObservedBridge {
     pub uuid: String,
+    /// The row's `_version`.
+    pub version: String,
     pub name: String,
     pub datapath_type: String,
     pub fail_mode: Option<String>,
@@ -225,6 +236,120 @@ impl ObservedBridge {
             .filter_map(|p| p.tunnel_remote().map(|r| (r, p)))
             .collect()
     }
+}
+
+/// The Bridge row's own columns, without the rows it references: what a warm ADD reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BridgeHead {
+    /// The row's `_version`.
+    pub version: String,
+    pub name: String,
+    pub datapath_type: String,
+    pub fail_mode: Option<String>,
+    pub external_ids: BTreeMap<String, String>,
+}
+
+impl BridgeHead {
+    pub fn managed_by_flaxd(&self) -> bool {
+        self.external_ids.get(TUNNELS_KEY).map(String::as_str) == Some(Source::Flaxd.as_str())
+    }
+}
+
+/// A digest of everything the plugin writes for `spec` + `tunnels` on an unmarked bridge:
+/// datapath, controllers, and each tunnel's name, options, protection and `external_ids`.
+/// Equal digests mean equal writes; the text hashed is versioned (`v1`) so a change of what
+/// it covers changes every digest (one full read per node after an upgrade).
+pub fn desired_digest(spec: &BridgeSpec, tunnels: &[TunnelSpec]) -> String {
+    use std::fmt::Write;
+    let mut text = format!("v1\n{}\n{}\n", spec.name, spec.datapath.as_ovs());
+    let controllers: BTreeSet<&str> = spec.controllers.iter().map(String::as_str).collect();
+    for c in controllers {
+        let _ = writeln!(text, "c {c}");
+    }
+    let mut tunnels: Vec<&TunnelSpec> = tunnels.iter().collect();
+    tunnels.sort_by_key(|t| t.remote);
+    tunnels.dedup_by_key(|t| t.remote);
+    for t in tunnels {
+        let _ = write!(text, "t {} {}", t.name(), t.protected);
+        for (k, v) in t.options().iter().chain(t.external_ids().iter()) {
+            let _ = write!(text, " {k}={v}");
+        }
+        text.push('\n');
+    }
+    format!("{:016x}", crate::naming::fnv1a64(text.as_bytes()))
+}
+
+/// Whether the bridge needs no write for the plugin, judged from its own row and its
+/// internal Interface row alone (two indexed reads, whatever the number of tunnels): the
+/// bridge is Linen's, with the wanted datapath and fail mode, its internal interface is
+/// Linen's, and either flaxd manages the tunnels and controllers (the plugin writes none)
+/// or the last plugin write recorded this very configuration ([`DESIRED_KEY`]). `false`
+/// means "read everything and plan", never "something is wrong".
+///
+/// On an unmarked bridge the internal interface must also record the bridge row's current
+/// `_version` ([`BRIDGE_VERSION_KEY`]): a port or controller removed or added since the
+/// last plugin write changed the row, so the ADD reads everything and repairs it. What it
+/// cannot see: a change made by hand inside one tunnel's own Port or Interface row (its
+/// options, its protection), which leaves the Bridge row alone. CHECK, which reads
+/// everything, reports that; flaxd repairs its own bridges.
+pub fn warm_in_step(
+    spec: &BridgeSpec,
+    tunnels: &[TunnelSpec],
+    head: &BridgeHead,
+    internal: Option<&ObservedInterface>,
+) -> bool {
+    let dp = if head.datapath_type.is_empty() {
+        "system"
+    } else {
+        head.datapath_type.as_str()
+    };
+    let internal_ok = internal
+        .is_some_and(|i| i.name == spec.name && i.kind == "internal" && is_owned(&i.external_ids));
+    let recorded = || {
+        !head.version.is_empty()
+            && internal.and_then(|i| i.external_ids.get(BRIDGE_VERSION_KEY)) == Some(&head.version)
+            && head.external_ids.get(DESIRED_KEY) == Some(&desired_digest(spec, tunnels))
+    };
+    is_owned(&head.external_ids)
+        && head.name == spec.name
+        && dp == spec.datapath.as_ovs()
+        && head.fail_mode.as_deref() == Some(FAIL_MODE)
+        && internal_ok
+        && (head.managed_by_flaxd() || recorded())
+}
+
+/// Whether the bridge's internal interface records the bridge row's current `_version`
+/// ([`BRIDGE_VERSION_KEY`]). Only the plugin, on a bridge flaxd does not manage, keeps it.
+pub fn version_recorded(observed: &ObservedBridge) -> bool {
+    observed
+        .ports
+        .iter()
+        .filter(|p| p.name == observed.name)
+        .flat_map(|p| &p.interfaces)
+        .any(|i| {
+            !observed.version.is_empty()
+                && i.external_ids.get(BRIDGE_VERSION_KEY) == Some(&observed.version)
+        })
+}
+
+/// The [`desired_digest`] to record on the observed bridge with this write ([`DESIRED_KEY`]),
+/// or `None` when it is recorded already or is not the writer's to record: only the plugin
+/// records one, and only on a bridge flaxd does not manage. Written with the changes it
+/// describes, or alone when the rows are in step but the record is missing or another
+/// configuration's, so the next warm ADD with this configuration reads two rows. (A bridge
+/// the plugin creates gets it in its insert.)
+pub fn digest_to_record(
+    spec: &BridgeSpec,
+    tunnels: &[TunnelSpec],
+    observed: Option<&ObservedBridge>,
+    writer: Option<Source>,
+) -> Option<String> {
+    let obs = observed?;
+    if writer != Some(Source::CniConfig) || obs.managed_by_flaxd() || !is_owned(&obs.external_ids) {
+        return None;
+    }
+    let digest = desired_digest(spec, tunnels);
+    (obs.external_ids.get(DESIRED_KEY) != Some(&digest)).then_some(digest)
 }
 
 /// One change to apply. Uuids are those of the observed rows.

@@ -63,7 +63,8 @@ pub fn is_creatable_ifname(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
-fn fnv1a64(bytes: &[u8]) -> u64 {
+/// 64-bit FNV-1a: a stable hash for names and digests (not for security).
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     bytes

@@ -15,14 +15,19 @@ use ovsdb::{Atom, Client, Condition, Datum, Mutation, Operation, Row, WaitUntil}
 use uuid::Uuid;
 
 use crate::model::{
-    self, BridgeSpec, FAIL_MODE, ObservedBridge, ObservedController, ObservedInterface,
-    ObservedPort, Op, PlanError, PortsElsewhere, Source, SslSpec, TUNNELS_KEY, TunnelSpec,
+    self, BridgeHead, BridgeSpec, DESIRED_KEY, FAIL_MODE, ObservedBridge, ObservedController,
+    ObservedInterface, ObservedPort, Op, PlanError, PortsElsewhere, Source, SslSpec, TUNNELS_KEY,
+    TunnelSpec,
 };
 
 /// How often a transaction that lost a race is retried from a fresh read.
 const MAX_ATTEMPTS: usize = 20;
-/// How long ovs-vswitchd may take to apply a change.
+/// How long ovs-vswitchd may take to apply a change...
 pub const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// ...plus this much per planned operation: ovs-vswitchd needs seconds to add or remove
+/// thousands of tunnels (5000 took longer than 10 s here), and a change it applies late is
+/// not a failure.
+const APPLY_TIMEOUT_PER_OP: Duration = Duration::from_millis(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum OvsError {
@@ -63,6 +68,14 @@ pub enum OvsError {
 
 pub type Result<T, E = OvsError> = std::result::Result<T, E>;
 
+/// What [`Ovs::warm`] found: nothing to write.
+#[derive(Debug, Clone)]
+pub struct Warm {
+    pub flaxd_managed: bool,
+    /// The bridge's internal Interface row (Linen's, type internal).
+    pub internal: Interface,
+}
+
 /// What [`Ovs::ensure`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ensured {
@@ -98,7 +111,8 @@ impl Ovs {
     /// names of ports on other bridges, in one transaction.
     pub async fn observe(&self, bridge: &str) -> Result<(Option<ObservedBridge>, PortsElsewhere)> {
         let ops = vec![
-            select::<Bridge>(vec![]),
+            select::<Bridge>(vec![])
+                .columns(Bridge::COLUMNS.iter().copied().chain(["_uuid", "_version"])),
             select::<Port>(vec![]),
             select::<Interface>(vec![]),
             select::<Controller>(vec![]),
@@ -110,6 +124,10 @@ impl Ovs {
             source: e,
         };
         let bridges = Bridge::from_select(rows(0)).map_err(decode)?;
+        let versions: BTreeMap<Uuid, String> = rows(0)
+            .iter()
+            .filter_map(|r| Some((r.uuid()?, version_of(r)?)))
+            .collect();
         let ports: BTreeMap<Uuid, Port> = Port::from_select(rows(1))
             .map_err(decode)?
             .into_iter()
@@ -137,6 +155,7 @@ impl Ovs {
             }
             found = Some(ObservedBridge {
                 uuid: b.uuid.to_string(),
+                version: versions.get(&b.uuid).cloned().unwrap_or_default(),
                 name: b.name.clone(),
                 datapath_type: b.datapath_type.clone(),
                 fail_mode: b.fail_mode.clone(),
@@ -179,6 +198,61 @@ impl Ovs {
         Ok((found, elsewhere))
     }
 
+    /// The warm path of an ADD: reads the bridge's own row and its internal Interface row
+    /// by name (one transaction, two indexed lookups, whatever the number of tunnels) and
+    /// returns the internal interface when [`model::warm_in_step`] says no write is needed.
+    /// `None`: read everything and plan ([`Ovs::ensure`]).
+    pub async fn warm(&self, spec: &BridgeSpec, tunnels: &[TunnelSpec]) -> Result<Option<Warm>> {
+        let by_name = || vec![Condition::eq("name", spec.name.as_str())];
+        let ops = vec![
+            Operation::select(Bridge::NAME, by_name()).columns([
+                "_version",
+                "name",
+                "datapath_type",
+                "fail_mode",
+                "external_ids",
+            ]),
+            select::<Interface>(by_name()),
+        ];
+        let res = self.transact(ops, "read of the bridge row").await?;
+        let rows = |i: usize| res.get(i).and_then(|r| r.rows.as_deref()).unwrap_or(&[]);
+        let Some(row) = rows(0).first() else {
+            return Ok(None);
+        };
+        let text = |col: &str| row.get(col).and_then(Datum::as_str).map(str::to_owned);
+        let head = BridgeHead {
+            version: version_of(row).unwrap_or_default(),
+            name: text("name").unwrap_or_default(),
+            datapath_type: text("datapath_type").unwrap_or_default(),
+            fail_mode: text("fail_mode"),
+            external_ids: row
+                .get("external_ids")
+                .and_then(Datum::as_string_map)
+                .unwrap_or_default(),
+        };
+        let internal = Interface::from_select(rows(1))
+            .map_err(|source| OvsError::Ovsdb {
+                step: "decoding rows",
+                source,
+            })?
+            .into_iter()
+            .next();
+        let observed = internal.as_ref().map(|i| ObservedInterface {
+            uuid: i.uuid.to_string(),
+            name: i.name.clone(),
+            kind: i.kind.clone(),
+            options: i.options.clone(),
+            external_ids: i.external_ids.clone(),
+        });
+        if !model::warm_in_step(spec, tunnels, &head, observed.as_ref()) {
+            return Ok(None);
+        }
+        Ok(internal.map(|internal| Warm {
+            flaxd_managed: head.managed_by_flaxd(),
+            internal,
+        }))
+    }
+
     /// Makes the bridge and tunnels what `spec` and `tunnels` say (see [`model::plan`]),
     /// retrying lost races, and waits until ovs-vswitchd has applied the change.
     /// Idempotent: in step, it costs one read.
@@ -193,7 +267,18 @@ impl Ovs {
             let plan = model::plan(spec, tunnels, observed.as_ref(), &elsewhere, prune)?;
             let flaxd_managed = prune == Some(Source::Flaxd)
                 || observed.as_ref().is_some_and(|b| b.managed_by_flaxd());
-            if plan.is_empty() {
+            let digest = model::digest_to_record(spec, tunnels, observed.as_ref(), prune);
+            // The plugin, on a bridge flaxd does not manage, keeps the bridge row's version
+            // on the internal interface for the warm check ([`Ovs::warm`]).
+            let keeps_version = prune == Some(Source::CniConfig) && !flaxd_managed;
+            if plan.is_empty() && digest.is_none() {
+                if keeps_version
+                    && observed
+                        .as_ref()
+                        .is_some_and(|o| !model::version_recorded(o))
+                {
+                    self.record_version(&spec.name).await?;
+                }
                 return Ok(Ensured {
                     applied: plan,
                     flaxd_managed,
@@ -204,6 +289,19 @@ impl Ovs {
             for (i, op) in plan.iter().enumerate() {
                 translate(op, i, bridge_uuid, observed.as_ref(), &mut ops);
             }
+            if let (Some(digest), Some(uuid)) = (digest, bridge_uuid) {
+                ops.push(Operation::mutate(
+                    Bridge::NAME,
+                    vec![Condition::uuid(uuid)],
+                    vec![
+                        Mutation::delete("external_ids", Datum::set([DESIRED_KEY])),
+                        Mutation::insert(
+                            "external_ids",
+                            Datum::map([(DESIRED_KEY, digest.as_str())]),
+                        ),
+                    ],
+                ));
+            }
             let next_cfg = bump_next_cfg(&mut ops);
             match self.client.transact(vswitch::DB, ops).await {
                 Ok(res) => {
@@ -213,7 +311,11 @@ impl Ovs {
                         tracing::debug!("bridge changed during the write; retrying");
                         continue;
                     }
-                    self.wait_applied(&next_cfg, &res).await?;
+                    let timeout = APPLY_TIMEOUT + APPLY_TIMEOUT_PER_OP * plan.len() as u32;
+                    self.wait_applied_within(&next_cfg, &res, timeout).await?;
+                    if keeps_version {
+                        self.record_version(&spec.name).await?;
+                    }
                     return Ok(Ensured {
                         applied: plan,
                         flaxd_managed,
@@ -238,6 +340,76 @@ impl Ovs {
         Err(OvsError::Contended {
             what: format!("bridge {}", spec.name),
         })
+    }
+
+    /// Writes the Bridge row's current `_version` into its internal interface's
+    /// `external_ids` ([`model::BRIDGE_VERSION_KEY`]), right after a write made the bridge
+    /// what the plugin wants. Two small transactions, and the second goes through only if
+    /// the row still has the version read: a change in between (another writer, a hand)
+    /// leaves the record stale, which only sends the next ADD to the full read.
+    async fn record_version(&self, bridge: &str) -> Result<()> {
+        let by_name = || vec![Condition::eq("name", bridge)];
+        let res = self
+            .transact(
+                vec![
+                    Operation::select(Bridge::NAME, by_name()).columns(["_version"]),
+                    Operation::select(Interface::NAME, by_name()).columns([
+                        "_uuid",
+                        "type",
+                        "external_ids",
+                    ]),
+                ],
+                "read of the bridge's version",
+            )
+            .await?;
+        let rows = |i: usize| res.get(i).and_then(|r| r.rows.as_deref()).unwrap_or(&[]);
+        let (Some(version), Some(iface)) = (rows(0).first().and_then(version_of), rows(1).first())
+        else {
+            return Ok(());
+        };
+        let ids = iface
+            .get("external_ids")
+            .and_then(Datum::as_string_map)
+            .unwrap_or_default();
+        let internal = iface.get("type").and_then(Datum::as_str) == Some("internal");
+        let (Some(uuid), Ok(version_uuid)) = (
+            iface.uuid().filter(|_| internal && model::is_owned(&ids)),
+            version.parse::<Uuid>(),
+        ) else {
+            return Ok(());
+        };
+        let ops = vec![
+            Operation::wait(
+                Bridge::NAME,
+                by_name(),
+                vec!["_version".to_owned()],
+                WaitUntil::Equal,
+                vec![Row::new().with("_version", Datum::uuid(version_uuid))],
+            )
+            .timeout_ms(0),
+            Operation::mutate(
+                Interface::NAME,
+                vec![Condition::uuid(uuid)],
+                vec![
+                    Mutation::delete("external_ids", Datum::set([model::BRIDGE_VERSION_KEY])),
+                    Mutation::insert(
+                        "external_ids",
+                        Datum::map([(model::BRIDGE_VERSION_KEY, version.as_str())]),
+                    ),
+                ],
+            ),
+        ];
+        match self.client.transact(vswitch::DB, ops).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_timed_out() => {
+                tracing::debug!(bridge, "bridge changed before its version was recorded");
+                Ok(())
+            }
+            Err(source) => Err(OvsError::Ovsdb {
+                step: "record of the bridge's version",
+                source,
+            }),
+        }
     }
 
     /// Makes the `Open_vSwitch` table's `ssl` row hold `spec` (for `ssl:` controllers): inserts
@@ -350,17 +522,26 @@ impl Ovs {
     /// Waits until ovs-vswitchd has applied the transaction whose results are `res`, in
     /// which `next_cfg` was bumped.
     async fn wait_applied(&self, next_cfg: &NextCfg, res: &[ovsdb::OpResult]) -> Result<()> {
+        self.wait_applied_within(next_cfg, res, APPLY_TIMEOUT).await
+    }
+
+    async fn wait_applied_within(
+        &self,
+        next_cfg: &NextCfg,
+        res: &[ovsdb::OpResult],
+        timeout: Duration,
+    ) -> Result<()> {
         let target = next_cfg.target(res).map_err(|source| OvsError::Ovsdb {
             step: "reading next_cfg",
             source,
         })?;
         self.client
-            .wait_cur_cfg(target, APPLY_TIMEOUT)
+            .wait_cur_cfg(target, timeout)
             .await
             .map(drop)
             .map_err(|source| OvsError::NotApplied {
                 target,
-                timeout: APPLY_TIMEOUT,
+                timeout,
                 source,
             })
     }
@@ -439,6 +620,13 @@ impl Ovs {
     }
 }
 
+/// A row's `_version`, as text.
+fn version_of(row: &Row) -> Option<String> {
+    row.get("_version")
+        .and_then(Datum::as_uuid)
+        .map(|u| u.to_string())
+}
+
 fn select<T: Table>(conds: Vec<Condition>) -> Operation {
     Operation::select(T::NAME, conds).columns(T::COLUMNS.iter().copied().chain(["_uuid"]))
 }
@@ -474,6 +662,8 @@ fn translate(
             let mut external_ids = spec.external_ids();
             if *flaxd {
                 external_ids.insert(TUNNELS_KEY.to_owned(), Source::Flaxd.as_str().to_owned());
+            } else {
+                external_ids.insert(DESIRED_KEY.to_owned(), model::desired_digest(spec, tunnels));
             }
             let row = Bridge {
                 name: spec.name.clone(),
@@ -500,12 +690,13 @@ fn translate(
             ));
         }
         Op::MarkFlaxd { .. } => {
-            // Replace the key's value, whatever it was; the bridge's other ids stay.
+            // Replace the key's value, whatever it was; the bridge's other ids stay. The
+            // plugin's record of its last write no longer describes the bridge: dropped.
             out.push(Operation::mutate(
                 Bridge::NAME,
                 on_bridge(),
                 vec![
-                    Mutation::delete("external_ids", Datum::set([TUNNELS_KEY])),
+                    Mutation::delete("external_ids", Datum::set([TUNNELS_KEY, DESIRED_KEY])),
                     Mutation::insert(
                         "external_ids",
                         Datum::map([(TUNNELS_KEY, Source::Flaxd.as_str())]),

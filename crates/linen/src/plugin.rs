@@ -14,7 +14,7 @@ use crate::error::{Error, Result, Verb};
 use crate::link::{Link, LinkError, Netlink, PodSocket};
 use crate::model::{self, BridgeSpec, Source, TunnelSpec};
 use crate::mtu;
-use crate::ovs::Ovs;
+use crate::ovs::{Ensured, Ovs};
 
 /// The `linen` plugin.
 #[derive(Debug, Default)]
@@ -237,12 +237,28 @@ async fn add(
     // Before any write: a link already named like the bridge must be that bridge's own
     // internal port, never a link of someone else's that ADD would then enslave.
     let before = nl.link_by_name(&plan.bridge.name).await?;
-    if let Some(link) = &before {
-        verify_internal(&ovs, &plan.bridge.name, link).await?;
-    }
-    let ensured = ovs
-        .ensure(&plan.bridge, &plan.tunnels, Some(Source::CniConfig))
-        .await?;
+    // The warm path: two rows read by name say nothing needs writing (and hand over the
+    // internal Interface row the link check needs); otherwise read everything and plan.
+    let ensured = match ovs.warm(&plan.bridge, &plan.tunnels).await? {
+        Some(warm) => {
+            tracing::debug!(bridge = %plan.bridge.name, "warm: the bridge is as this configuration wants it (two rows read)");
+            if let Some(link) = &before {
+                verify_internal(&ovs, &plan.bridge.name, link, Some(warm.internal)).await?;
+            }
+            Ensured {
+                applied: Vec::new(),
+                flaxd_managed: warm.flaxd_managed,
+            }
+        }
+        None => {
+            tracing::debug!(bridge = %plan.bridge.name, "full read: the bridge may differ from this configuration");
+            if let Some(link) = &before {
+                verify_internal(&ovs, &plan.bridge.name, link, None).await?;
+            }
+            ovs.ensure(&plan.bridge, &plan.tunnels, Some(Source::CniConfig))
+                .await?
+        }
+    };
     if !ensured.applied.is_empty() {
         tracing::info!(bridge = %plan.bridge.name, changes = ensured.applied.len(), "overlay updated");
     }
@@ -263,7 +279,7 @@ async fn add(
                 .iter()
                 .any(|op| matches!(op, model::Op::CreateBridge { .. }));
             let found = match internal_link(&plan.bridge.name, &ovs, &nl).await {
-                Ok(link) => verify_internal(&ovs, &plan.bridge.name, &link)
+                Ok(link) => verify_internal(&ovs, &plan.bridge.name, &link, None)
                     .await
                     .map(|()| link),
                 Err(e) => Err(e),
@@ -352,8 +368,17 @@ async fn pod_link(args: &CmdArgs, pod: PodSocket) -> Result<(Netlink, Link)> {
 /// Whether `link` is the internal port of Linen's bridge `bridge`: OVS has Linen's internal
 /// Interface row of that name and reports `link`'s ifindex for it. Anything else is a link
 /// Linen did not create (a veth, a Linux bridge, another switch's port) and is refused.
-async fn verify_internal(ovs: &Ovs, bridge: &str, link: &Link) -> Result<()> {
-    let mut row = ovs.interface(bridge).await?;
+/// `read`: the Interface row, when the caller has just read it.
+async fn verify_internal(
+    ovs: &Ovs,
+    bridge: &str,
+    link: &Link,
+    read: Option<ovsdb::vswitch::Interface>,
+) -> Result<()> {
+    let mut row = match read {
+        Some(row) => Some(row),
+        None => ovs.interface(bridge).await?,
+    };
     // `ifindex` is an ephemeral column: after an ovsdb-server restart it is empty until
     // ovs-vswitchd reports it again. Unknown is not a mismatch: ask ovs-vswitchd to
     // reconfigure (waiting until it has), read again, and if it is still unknown say

@@ -46,6 +46,7 @@ fn internal_port() -> ObservedPort {
 fn observed(ports: Vec<ObservedPort>) -> ObservedBridge {
     ObservedBridge {
         uuid: "b".into(),
+        version: "v1".into(),
         name: "br0".into(),
         datapath_type: "netdev".into(),
         fail_mode: Some("standalone".into()),
@@ -496,4 +497,192 @@ fn a_bridge_name_held_by_a_port_of_another_bridge_is_a_permanent_conflict() {
     // A port elsewhere with another name is no obstacle.
     let other = PortsElsewhere::from([("eth9".to_owned(), "br-other".to_owned())]);
     assert!(plan(&s, &[], None, &other, None).is_ok());
+}
+
+fn head_of(obs: &ObservedBridge) -> BridgeHead {
+    BridgeHead {
+        version: obs.version.clone(),
+        name: obs.name.clone(),
+        datapath_type: obs.datapath_type.clone(),
+        fail_mode: obs.fail_mode.clone(),
+        external_ids: obs.external_ids.clone(),
+    }
+}
+
+fn internal_iface() -> ObservedInterface {
+    let mut external_ids = BridgeSpec::internal_external_ids();
+    external_ids.insert(BRIDGE_VERSION_KEY.into(), "v1".into());
+    ObservedInterface {
+        uuid: "i-br0".into(),
+        name: "br0".into(),
+        kind: "internal".into(),
+        options: BTreeMap::new(),
+        external_ids,
+    }
+}
+
+#[test]
+fn the_digest_covers_every_written_field_and_nothing_else() {
+    let t = |remote: &str| tunnel(remote, true, Source::CniConfig);
+    let base = desired_digest(&spec(None), &[t("10.245.2.2"), t("10.245.2.3")]);
+    assert_eq!(base.len(), 16);
+    // Order and duplicates of the input do not matter; the set does.
+    assert_eq!(
+        desired_digest(
+            &spec(None),
+            &[t("10.245.2.3"), t("10.245.2.2"), t("10.245.2.3")]
+        ),
+        base
+    );
+    let differs = [
+        desired_digest(&spec(None), &[t("10.245.2.2")]),
+        desired_digest(&spec(None), &[]),
+        desired_digest(
+            &spec(Some("tcp:10.0.0.1:6653")),
+            &[t("10.245.2.2"), t("10.245.2.3")],
+        ),
+        desired_digest(
+            &BridgeSpec {
+                datapath: Datapath::System,
+                ..spec(None)
+            },
+            &[t("10.245.2.2"), t("10.245.2.3")],
+        ),
+        desired_digest(
+            &BridgeSpec {
+                name: "br1".into(),
+                ..spec(None)
+            },
+            &[t("10.245.2.2"), t("10.245.2.3")],
+        ),
+        desired_digest(
+            &spec(None),
+            &[
+                t("10.245.2.2"),
+                tunnel("10.245.2.3", false, Source::CniConfig),
+            ],
+        ),
+        desired_digest(
+            &spec(None),
+            &[
+                t("10.245.2.2"),
+                TunnelSpec {
+                    key: TunnelKey::Vni(7),
+                    ..t("10.245.2.3")
+                },
+            ],
+        ),
+    ];
+    for (i, d) in differs.iter().enumerate() {
+        assert_ne!(*d, base, "variant {i}");
+    }
+}
+
+#[test]
+fn the_warm_check_passes_only_a_recorded_configuration_on_a_sound_bridge() {
+    let ts = vec![tunnel("10.245.2.2", true, Source::CniConfig)];
+    let sp = spec(None);
+    let mut obs = observed(vec![port_for(&ts[0], "a")]);
+    obs.external_ids
+        .insert(DESIRED_KEY.into(), desired_digest(&sp, &ts));
+    let good = head_of(&obs);
+    let iface = internal_iface();
+    assert!(warm_in_step(&sp, &ts, &good, Some(&iface)));
+
+    // Each of these must send the ADD to the full read.
+    let other_config = vec![tunnel("10.245.2.3", true, Source::CniConfig)];
+    assert!(
+        !warm_in_step(&sp, &other_config, &good, Some(&iface)),
+        "other vtepIPs"
+    );
+    assert!(
+        !warm_in_step(&spec(Some("tcp:10.0.0.1:6653")), &ts, &good, Some(&iface)),
+        "a controller"
+    );
+    assert!(
+        !warm_in_step(&sp, &ts, &good, None),
+        "no internal interface"
+    );
+    let foreign_iface = ObservedInterface {
+        external_ids: BTreeMap::new(),
+        ..internal_iface()
+    };
+    assert!(
+        !warm_in_step(&sp, &ts, &good, Some(&foreign_iface)),
+        "interface not ours"
+    );
+    let tunnel_iface = ObservedInterface {
+        kind: "vxlan".into(),
+        ..internal_iface()
+    };
+    assert!(
+        !warm_in_step(&sp, &ts, &good, Some(&tunnel_iface)),
+        "not internal"
+    );
+    let mut h = good.clone();
+    h.fail_mode = Some("secure".into());
+    assert!(!warm_in_step(&sp, &ts, &h, Some(&iface)), "fail mode");
+    let mut h = good.clone();
+    h.fail_mode = None;
+    assert!(!warm_in_step(&sp, &ts, &h, Some(&iface)), "fail mode unset");
+    let mut h = good.clone();
+    h.datapath_type = "system".into();
+    assert!(!warm_in_step(&sp, &ts, &h, Some(&iface)), "datapath");
+    let mut h = good.clone();
+    h.external_ids.remove(OWNER_KEY);
+    assert!(!warm_in_step(&sp, &ts, &h, Some(&iface)), "bridge not ours");
+    let mut h = good.clone();
+    h.external_ids.remove(DESIRED_KEY);
+    assert!(
+        !warm_in_step(&sp, &ts, &h, Some(&iface)),
+        "nothing recorded"
+    );
+
+    // On a bridge flaxd manages, the plugin writes no tunnel: any configuration is warm.
+    let mut h = good.clone();
+    h.external_ids.remove(DESIRED_KEY);
+    h.external_ids
+        .insert(TUNNELS_KEY.into(), Source::Flaxd.as_str().into());
+    assert!(warm_in_step(&sp, &other_config, &h, Some(&iface)));
+    assert!(
+        !warm_in_step(&sp, &other_config, &h, None),
+        "still needs the internal port"
+    );
+}
+
+#[test]
+fn only_the_plugin_records_a_digest_and_only_when_it_changed() {
+    let ts = vec![tunnel("10.245.2.2", true, Source::CniConfig)];
+    let sp = spec(None);
+    let obs = observed(vec![port_for(&ts[0], "a")]);
+    let d = desired_digest(&sp, &ts);
+    assert_eq!(
+        digest_to_record(&sp, &ts, Some(&obs), Some(Source::CniConfig)),
+        Some(d.clone())
+    );
+    let mut recorded = obs.clone();
+    recorded.external_ids.insert(DESIRED_KEY.into(), d);
+    assert_eq!(
+        digest_to_record(&sp, &ts, Some(&recorded), Some(Source::CniConfig)),
+        None
+    );
+    assert_eq!(
+        digest_to_record(&sp, &ts, Some(&obs), Some(Source::Flaxd)),
+        None
+    );
+    assert_eq!(
+        digest_to_record(&sp, &ts, Some(&obs), None),
+        None,
+        "CHECK writes nothing"
+    );
+    assert_eq!(
+        digest_to_record(&sp, &ts, None, Some(Source::CniConfig)),
+        None,
+        "the insert carries it"
+    );
+    let flaxds = marked(vec![port_for(&ts[0], "a")]);
+    assert_eq!(
+        digest_to_record(&sp, &ts, Some(&flaxds), Some(Source::CniConfig)),
+        None
+    );
 }
