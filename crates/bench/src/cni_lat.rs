@@ -191,24 +191,9 @@ fn one_round(
     if cold {
         n.make_cold(true)?;
     }
-    let pod = n.pod()?;
-    let bridge = &n.bed.bins.bridge;
-    let r = n
-        .invoke(bridge, "ADD", &pod, bridge_stdin)?
-        .check("bridge ADD")?;
-    acc.push((state, "bridge", "ADD"), r.ms(), Some(r.max_rss_kib));
-    let prev = cni::types::Result::from_slice(&r.stdout, bed::VERSION)
-        .map(|(_, res)| res)
-        .context("bridge ADD result")?;
-    let del_stdin = bed::request(
-        &serde_json::from_slice(bridge_stdin).context("bridge conf")?,
-        Some(&prev),
-    );
-    let r = n
-        .invoke(bridge, "DEL", &pod, &del_stdin)?
-        .check("bridge DEL")?;
-    acc.push((state, "bridge", "DEL"), r.ms(), Some(r.max_rss_kib));
-    drop(pod);
+    let (add, del) = bridge_add_del(n, bridge_stdin)?;
+    acc.push((state, "bridge", "ADD"), add.ms(), Some(add.max_rss_kib));
+    acc.push((state, "bridge", "DEL"), del.ms(), Some(del.max_rss_kib));
 
     // The whole chain through the runtime, on a fresh pod.
     if cold {
@@ -227,6 +212,30 @@ fn one_round(
         n.make_cold(false)?;
     }
     Ok(())
+}
+
+/// The reference bridge plugin's ADD then DEL of a fresh pod: the floor a chained plugin
+/// adds to. Returns both runs.
+pub fn bridge_add_del(
+    n: &NodeCtx<'_>,
+    bridge_stdin: &[u8],
+) -> Result<(crate::proc::Run, crate::proc::Run)> {
+    let pod = n.pod()?;
+    let bridge = &n.bed.bins.bridge;
+    let add = n
+        .invoke(bridge, "ADD", &pod, bridge_stdin)?
+        .check("bridge ADD")?;
+    let prev = cni::types::Result::from_slice(&add.stdout, bed::VERSION)
+        .map(|(_, res)| res)
+        .context("bridge ADD result")?;
+    let del_stdin = bed::request(
+        &serde_json::from_slice(bridge_stdin).context("bridge conf")?,
+        Some(&prev),
+    );
+    let del = n
+        .invoke(bridge, "DEL", &pod, &del_stdin)?
+        .check("bridge DEL")?;
+    Ok((add, del))
 }
 
 fn chain_once(

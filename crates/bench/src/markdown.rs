@@ -185,6 +185,34 @@ fn vteps(o: &mut String, r: &Report) {
         );
     }
     let _ = writeln!(o, "\n![Cold ADD latency vs VTEPs](bench/cold_vteps.svg)\n");
+    let _ = writeln!(
+        o,
+        "Then, with those tunnels in place and the same configuration, the warm ADD (what every \
+         later pod on the node costs) next to the reference bridge plugin's ADD of a fresh pod, \
+         interleaved. A warm ADD that reads only the bridge's own row stays flat as N grows.\n"
+    );
+    let _ = writeln!(
+        o,
+        "| VTEPs | warm linen min / median / p99 (ms) | warm linen max RSS (KiB) | bridge ADD median (ms) | linen / bridge |\n| --- | --- | --- | --- | --- |"
+    );
+    for p in &v.points {
+        let (Some(w), Some(b)) = (&p.warm_ms, &p.bridge_ms) else {
+            continue;
+        };
+        let rss = p
+            .warm_max_rss_kib
+            .as_ref()
+            .map_or("-".into(), |r| format!("{:.0}", r.median));
+        let _ = writeln!(
+            o,
+            "| {} | {} | {rss} | {} | {:.2} |",
+            p.vteps,
+            triple(w),
+            ms(b.median),
+            w.median / b.median
+        );
+    }
+    o.push('\n');
 }
 
 fn churn(o: &mut String, r: &Report) {

@@ -1,5 +1,7 @@
 //! Section 2: the first ADD on a cold node (no OVS bridge) with 1, 10, 100 (and 1000)
-//! remote VTEPs, linen next to the ovs-vsctl baseline doing the same work.
+//! remote VTEPs, linen next to the ovs-vsctl baseline doing the same work; then, with those
+//! tunnels in place, the warm ADD next to the reference bridge plugin's ADD on a fresh pod
+//! (interleaved): the curve that shows whether a warm ADD grows with the cluster.
 //!
 //! The VTEPs are the lab's other nodes, then addresses of 198.18.0.0/15 (RFC 2544's
 //! benchmarking range). No node has a route to that range, so nothing could be sent there;
@@ -22,6 +24,14 @@ pub struct Point {
     /// Absent when the baseline was not run at this size.
     pub ovs_vsctl_ms: Option<Summary>,
     pub linen_max_rss_kib: Option<Summary>,
+    /// The warm ADD (bridge and these tunnels in place, same configuration).
+    #[serde(default)]
+    pub warm_ms: Option<Summary>,
+    #[serde(default)]
+    pub warm_max_rss_kib: Option<Summary>,
+    /// The bridge plugin's ADD of a fresh pod, interleaved with the warm ADDs.
+    #[serde(default)]
+    pub bridge_ms: Option<Summary>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -87,14 +97,36 @@ pub fn run(bed: &Bed, sizes: &[(usize, usize, usize)]) -> Result<ColdVteps> {
                 base.push(baseline::vsctl_add(&n, &vteps)?.as_secs_f64() * 1e3);
             }
         }
+        // Warm: the bridge and `count` tunnels in place. The second ADD records the
+        // settled bridge row (ovs-vswitchd fills in its status after the create).
         n.make_cold(false)?;
-        tracing::info!(count, "cold ADD with VTEPs measured");
+        let bridge_stdin = bed::request(&n.bridge_conf(), None);
+        for _ in 0..2 {
+            n.invoke(&bed.bins.linen, "ADD", &anchor, &stdin)?
+                .check(&format!("linen ADD with {count} VTEPs"))?;
+        }
+        let (mut warm, mut warm_rss, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..iters {
+            crate::stop::check()?;
+            let r = n
+                .invoke(&bed.bins.linen, "ADD", &anchor, &stdin)?
+                .check(&format!("warm linen ADD with {count} VTEPs"))?;
+            warm.push(r.ms());
+            warm_rss.push(r.max_rss_kib as f64);
+            let (add, _) = crate::cni_lat::bridge_add_del(&n, &bridge_stdin)?;
+            floor.push(add.ms());
+        }
+        n.make_cold(false)?;
+        tracing::info!(count, "cold and warm ADD with VTEPs measured");
         points.push(Point {
             vteps: count,
             linen_ms: Summary::of(&ms).context("no linen samples")?,
             linen_samples_ms: ms,
             ovs_vsctl_ms: Summary::of(&base),
             linen_max_rss_kib: Summary::of(&rss),
+            warm_ms: Summary::of(&warm),
+            warm_max_rss_kib: Summary::of(&warm_rss),
+            bridge_ms: Summary::of(&floor),
         });
     }
     exec.del_network_list(&bridge_only, &anchor.rt())
