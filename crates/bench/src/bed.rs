@@ -181,13 +181,17 @@ impl NodeCtx<'_> {
     }
 
     pub fn linen_conf(&self, vteps: &[IpAddr]) -> Value {
-        json!({
-            "type": "linen",
-            "ovsBridge": OVS_BRIDGE,
-            "vtepIPs": vteps,
-            "datapathType": "netdev",
-            "ovsdbSocket": format!("unix:{}", self.node.ovsdb_socket.display()),
-        })
+        linen::config::PluginConf {
+            seed: linen::config::SeedFields {
+                ovs_bridge: Some(OVS_BRIDGE.to_owned()),
+                vtep_ips: Some(vteps.iter().map(ToString::to_string).collect()),
+                ..Default::default()
+            },
+            datapath_type: Some("netdev".to_owned()),
+            ovsdb_socket: Some(format!("unix:{}", self.node.ovsdb_socket.display())),
+            ..Default::default()
+        }
+        .to_json()
     }
 
     /// bridge + host-local + linen, as a node's conflist.

@@ -71,7 +71,7 @@ impl Plan {
             sections: Section::ALL.to_vec(),
             warm: 200,
             cold: 60,
-            vtep_sizes: vec![(1, 20, 5), (10, 20, 5), (100, 20, 5), (1000, 5, 2), (5000, 3, 0)],
+            vtep_sizes: vec![(1, 20, 5), (10, 20, 5), (100, 20, 5), (1000, 5, 2)],
             churn_pods: 200,
             churn_levels: vec![1, 4, 16],
             dp_rounds: 3,

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
-use linen::config::{Datapath, TunnelKey};
+use linen::config::{Controllers, Datapath, PluginConf, SeedFields, TunnelKey};
 use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
@@ -91,24 +91,25 @@ pub fn render(spec: &ConflistSpec, pod_cidr: IpNet) -> Result<String, ConflistEr
             (ip(net + 1), ip(net + 2), ip(last - 1), "::/0")
         }
     };
-    let mut linen = json!({
-        "type": "linen",
-        "ovsBridge": spec.ovs_bridge,
-        "ovsdbSocket": spec.ovsdb,
-        "datapathType": spec.datapath.as_ovs(),
-        "mtu": mtu,
-        "underlayMTU": spec.underlay_mtu,
-    });
-    if let TunnelKey::Vni(vni) = spec.key {
-        linen["vni"] = json!(vni);
+    // The plugin's fields through its own wire format (linen::config::PluginConf).
+    let linen = PluginConf {
+        seed: SeedFields {
+            ovs_bridge: Some(spec.ovs_bridge.clone()),
+            controller: (!spec.controllers.is_empty())
+                .then(|| Controllers::Many(spec.controllers.clone())),
+            ..Default::default()
+        },
+        ovsdb_socket: Some(spec.ovsdb.clone()),
+        datapath_type: Some(spec.datapath.as_ovs().to_owned()),
+        vni: match spec.key {
+            TunnelKey::Vni(vni) => Some(u64::from(vni)),
+            TunnelKey::Flow => None,
+        },
+        mtu: Some(u64::from(mtu)),
+        underlay_mtu: Some(u64::from(spec.underlay_mtu)),
+        host_port_dir: spec.host_port_dir.as_ref().map(|d| d.display().to_string()),
     }
-    if !spec.controllers.is_empty() {
-        linen["controller"] = json!(spec.controllers);
-    }
-    linen["capabilities"] = json!({ "portMappings": true });
-    if let Some(dir) = &spec.host_port_dir {
-        linen["hostPortDir"] = json!(dir);
-    }
+    .to_json();
     let mut ipam = json!({
         "type": "host-local",
         "subnet": spec.cluster_cidr.trunc().to_string(),

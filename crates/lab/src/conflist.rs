@@ -8,6 +8,7 @@ use std::io;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use linen::config::{Controllers, PluginConf, SeedFields};
 use serde_json::{Value, json};
 use thiserror::Error;
 
@@ -96,7 +97,23 @@ impl Node {
             .iter()
             .map(ToString::to_string)
             .collect();
-        let mut conf = json!({
+        // The plugin's fields through its own wire format.
+        let linen = PluginConf {
+            seed: SeedFields {
+                is_master: Some(self.role == Role::Hub),
+                ovs_bridge: Some(OVS_BRIDGE.to_owned()),
+                vtep_ips: Some(vteps),
+                controller: self
+                    .controller
+                    .then(|| Controllers::One(crate::ovs::controller_target())),
+            },
+            ovsdb_socket: Some(format!("unix:{}", self.ovsdb_socket.display())),
+            datapath_type: Some("netdev".to_owned()),
+            host_port_dir: Some(self.host_port_dir().display().to_string()),
+            ..Default::default()
+        }
+        .to_json();
+        let conf = json!({
             "cniVersion": CNI_VERSION,
             "name": NETWORK_NAME,
             "plugins": [
@@ -107,16 +124,7 @@ impl Node {
                     "hairpinMode": true,
                     "ipam": ipam,
                 },
-                {
-                    "type": "linen",
-                    "ovsBridge": OVS_BRIDGE,
-                    "vtepIPs": vteps,
-                    "isMaster": self.role == Role::Hub,
-                    "ovsdbSocket": format!("unix:{}", self.ovsdb_socket.display()),
-                    "datapathType": "netdev",
-                    "capabilities": { "portMappings": true },
-                    "hostPortDir": self.host_port_dir(),
-                },
+                linen,
                 {
                     "type": "portmap",
                     "capabilities": { "portMappings": true },
@@ -124,9 +132,6 @@ impl Node {
                 },
             ],
         });
-        if self.controller {
-            conf["plugins"][1]["controller"] = json!(crate::ovs::controller_target());
-        }
         conf
     }
 

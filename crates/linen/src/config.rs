@@ -8,6 +8,7 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::model::{BridgeSpec, Source, TunnelSpec};
@@ -28,12 +29,9 @@ pub const MAX_VTEPS: usize = 5000;
 /// Why a configuration was refused. Every variant names the field at fault.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("field `{field}` must be {expected}, got {got}")]
-    WrongType {
-        field: String,
-        expected: &'static str,
-        got: String,
-    },
+    /// The field is not of its type (a string where a boolean belongs, a negative `vni`).
+    #[error("field `{field}`: {why}")]
+    Malformed { field: String, why: String },
     #[error("field `{field}`: {value:?} is not an IP address")]
     BadIp { field: String, value: String },
     #[error(
@@ -114,6 +112,107 @@ impl TunnelKey {
     }
 }
 
+/// The `linen` plugin object's own fields as a conflist writes them: the one wire format.
+/// The plugin deserializes it ([`LinenConfig::from_json`] applies the rules and defaults);
+/// flaxd and the lab serialize it ([`PluginConf::to_json`]), so a renamed field cannot go
+/// out of step between the writer and the reader.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginConf {
+    /// The seed's fields, which may also come under `runtimeConfig.ovs`.
+    #[serde(flatten)]
+    pub seed: SeedFields,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ovsdb_socket: Option<String>,
+    /// `system` or `netdev`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datapath_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vni: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u64>,
+    #[serde(
+        default,
+        rename = "underlayMTU",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub underlay_mtu: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port_dir: Option<String>,
+}
+
+/// The seed project's four fields, accepted at the plugin's top level and, as the seed's
+/// example files had them, under `runtimeConfig.ovs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SeedFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_master: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ovs_bridge: Option<String>,
+    #[serde(default, rename = "vtepIPs", skip_serializing_if = "Option::is_none")]
+    pub vtep_ips: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<Controllers>,
+}
+
+impl SeedFields {
+    /// Both places together. A field given in both with different values is an error
+    /// rather than a silent precedence rule.
+    fn merge(self, nested: SeedFields) -> Result<SeedFields, ConfigError> {
+        fn one<T: PartialEq>(
+            field: &'static str,
+            top: Option<T>,
+            low: Option<T>,
+        ) -> Result<Option<T>, ConfigError> {
+            match (top, low) {
+                (Some(a), Some(b)) if a != b => Err(ConfigError::Conflict(field)),
+                (a, b) => Ok(a.or(b)),
+            }
+        }
+        Ok(SeedFields {
+            is_master: one("isMaster", self.is_master, nested.is_master)?,
+            ovs_bridge: one("ovsBridge", self.ovs_bridge, nested.ovs_bridge)?,
+            vtep_ips: one("vtepIPs", self.vtep_ips, nested.vtep_ips)?,
+            controller: one("controller", self.controller, nested.controller)?,
+        })
+    }
+}
+
+/// `controller`: one target, or a list of them (OVS allows several).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged, expecting = "a string or a list of strings")]
+pub enum Controllers {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Controllers {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Controllers::One(s) => vec![s],
+            Controllers::Many(v) => v,
+        }
+    }
+}
+
+impl PluginConf {
+    /// The plugin object: `"type": "linen"`, the portMappings capability (the runtime then
+    /// passes the pod's hostPorts, which Linen reserves), and the fields that are set.
+    pub fn to_json(&self) -> Value {
+        let mut v = serde_json::json!({
+            "type": "linen",
+            "capabilities": { "portMappings": true },
+        });
+        if let (Some(obj), Ok(Value::Object(fields))) =
+            (v.as_object_mut(), serde_json::to_value(self))
+        {
+            obj.extend(fields);
+        }
+        v
+    }
+}
+
 /// Linen's validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinenConfig {
@@ -141,111 +240,70 @@ pub struct LinenConfig {
 }
 
 impl LinenConfig {
-    /// Reads Linen's fields from a plugin configuration object (the whole stdin JSON).
-    /// Unknown fields are ignored, as the CNI spec asks of plugins.
+    /// Reads Linen's fields from a plugin configuration object (the whole stdin JSON):
+    /// [`PluginConf`] at the top level and [`SeedFields`] under `runtimeConfig.ovs`, merged,
+    /// then every rule applied here, in one place. Unknown fields are ignored, as the CNI
+    /// spec asks of plugins.
     pub fn from_json(conf: &Value) -> Result<Self, ConfigError> {
-        let nested = conf.pointer("/runtimeConfig/ovs");
-        let pick = |key: &'static str| -> Result<Option<&Value>, ConfigError> {
-            let top = conf.get(key).filter(|v| !v.is_null());
-            let low = nested.and_then(|n| n.get(key)).filter(|v| !v.is_null());
-            match (top, low) {
-                (Some(a), Some(b)) if a != b => Err(ConfigError::Conflict(key)),
-                (a, b) => Ok(a.or(b)),
-            }
+        // The seed's fields first, on their own: a flattened struct's errors lose the
+        // field's name.
+        let seed: SeedFields = typed(conf, "")?;
+        let top: PluginConf = typed(conf, "")?;
+        let nested: SeedFields = match conf.pointer("/runtimeConfig/ovs") {
+            None | Some(Value::Null) => SeedFields::default(),
+            Some(v) => typed(v, "runtimeConfig.ovs.")?,
         };
+        debug_assert_eq!(seed, top.seed);
+        let seed = seed.merge(nested)?;
 
-        let is_master = match pick("isMaster")? {
-            None => false,
-            Some(v) => v
-                .as_bool()
-                .ok_or_else(|| wrong("isMaster", "a boolean", v))?,
-        };
-        let bridge = match pick("ovsBridge")? {
+        let bridge = match seed.ovs_bridge {
             None => DEFAULT_BRIDGE.to_owned(),
-            Some(v) => {
-                let s = v
-                    .as_str()
-                    .ok_or_else(|| wrong("ovsBridge", "a string", v))?;
-                if !is_creatable_ifname(s) {
-                    return Err(ConfigError::BadBridgeName(s.to_owned()));
-                }
-                s.to_owned()
-            }
+            Some(s) if is_creatable_ifname(&s) => s,
+            Some(s) => return Err(ConfigError::BadBridgeName(s)),
         };
-        let vtep_ips = match pick("vtepIPs")? {
+        let vtep_ips = match seed.vtep_ips {
             None => Vec::new(),
-            Some(v) => parse_vteps(v)?,
+            Some(list) => parse_vteps(&list)?,
         };
-        let controller = match pick("controller")? {
-            None => Vec::new(),
-            Some(v) => {
-                let targets: Vec<&Value> = match v {
-                    Value::Array(a) => a.iter().collect(),
-                    one => vec![one],
-                };
-                let mut parsed = targets
-                    .into_iter()
-                    .map(|t| {
-                        let s = t.as_str().ok_or_else(|| {
-                            wrong("controller", "a string or a list of strings", v)
-                        })?;
-                        parse_controller(s)
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                parsed.sort();
-                parsed.dedup();
-                parsed
-            }
-        };
-        let ovsdb = match conf.get("ovsdbSocket").filter(|v| !v.is_null()) {
+        let mut controller = seed
+            .controller
+            .map(Controllers::into_vec)
+            .unwrap_or_default()
+            .iter()
+            .map(|t| parse_controller(t))
+            .collect::<Result<Vec<_>, _>>()?;
+        controller.sort();
+        controller.dedup();
+        let ovsdb = match top.ovsdb_socket {
             None => DEFAULT_OVSDB.to_owned(),
-            Some(v) => {
-                let s = v
-                    .as_str()
-                    .ok_or_else(|| wrong("ovsdbSocket", "a string", v))?;
-                parse_ovsdb(s)?
-            }
+            Some(s) => parse_ovsdb(&s)?,
         };
-        let datapath = match conf.get("datapathType").filter(|v| !v.is_null()) {
-            None => Datapath::System,
-            Some(v) => match v.as_str() {
-                Some("system") | Some("") => Datapath::System,
-                Some("netdev") => Datapath::Netdev,
-                Some(other) => return Err(ConfigError::BadDatapath(other.to_owned())),
-                None => return Err(wrong("datapathType", "a string", v)),
-            },
+        let datapath = match top.datapath_type.as_deref() {
+            None | Some("system") | Some("") => Datapath::System,
+            Some("netdev") => Datapath::Netdev,
+            Some(other) => return Err(ConfigError::BadDatapath(other.to_owned())),
         };
-        let key = match conf.get("vni").filter(|v| !v.is_null()) {
+        let key = match top.vni {
             None => TunnelKey::Flow,
-            Some(v) => {
-                let n = v.as_u64().ok_or_else(|| wrong("vni", "an integer", v))?;
-                TunnelKey::Vni(
-                    u32::try_from(n)
-                        .ok()
-                        .filter(|n| *n <= MAX_VNI)
-                        .ok_or(ConfigError::BadVni(n))?,
-                )
-            }
+            Some(n) => TunnelKey::Vni(
+                u32::try_from(n)
+                    .ok()
+                    .filter(|n| *n <= MAX_VNI)
+                    .ok_or(ConfigError::BadVni(n))?,
+            ),
         };
-        let mtu = opt_u32(conf, "mtu", 68, 65535)?;
-        let underlay_mtu = opt_u32(conf, "underlayMTU", 68, 65535)?;
-        let host_port_dir = match conf.get("hostPortDir").filter(|v| !v.is_null()) {
+        let mtu = in_range("mtu", top.mtu, 68, 65535)?;
+        let underlay_mtu = in_range("underlayMTU", top.underlay_mtu, 68, 65535)?;
+        let host_port_dir = match top.host_port_dir {
             None => crate::hostport::DEFAULT_DIR.into(),
-            Some(v) => {
-                let s = v
-                    .as_str()
-                    .ok_or_else(|| wrong("hostPortDir", "a string", v))?;
-                if !s.starts_with('/') {
-                    return Err(ConfigError::BadHostPortDir(s.to_owned()));
-                }
-                s.into()
-            }
+            Some(s) if s.starts_with('/') => s.into(),
+            Some(s) => return Err(ConfigError::BadHostPortDir(s)),
         };
         let host_ports = crate::hostport::from_runtime_config(conf)
             .map_err(|e| ConfigError::PortMappings(e.to_string()))?;
 
         Ok(LinenConfig {
-            is_master,
+            is_master: seed.is_master.unwrap_or(false),
             bridge,
             vtep_ips,
             controller,
@@ -287,48 +345,39 @@ impl LinenConfig {
     }
 }
 
-fn wrong(field: &str, expected: &'static str, got: &Value) -> ConfigError {
-    ConfigError::WrongType {
-        field: field.to_owned(),
-        expected,
-        got: got.to_string(),
-    }
+/// Deserializes `v` as `T`, naming the field at fault (`prefix` + its path) on error.
+fn typed<T: serde::de::DeserializeOwned>(v: &Value, prefix: &str) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(v).map_err(|e| ConfigError::Malformed {
+        field: format!("{prefix}{}", e.path()),
+        why: e.inner().to_string(),
+    })
 }
 
-fn opt_u32(
-    conf: &Value,
+fn in_range(
     field: &'static str,
+    value: Option<u64>,
     min: u64,
     max: u64,
 ) -> Result<Option<u32>, ConfigError> {
-    let Some(v) = conf.get(field).filter(|v| !v.is_null()) else {
-        return Ok(None);
-    };
-    let n = v.as_u64().ok_or_else(|| wrong(field, "an integer", v))?;
-    if !(min..=max).contains(&n) {
-        return Err(ConfigError::OutOfRange {
+    match value {
+        None => Ok(None),
+        Some(n) if (min..=max).contains(&n) => Ok(Some(n as u32)),
+        Some(n) => Err(ConfigError::OutOfRange {
             field,
             value: n,
             min,
             max,
-        });
+        }),
     }
-    Ok(Some(n as u32))
 }
 
-fn parse_vteps(v: &Value) -> Result<Vec<IpAddr>, ConfigError> {
-    let list = v
-        .as_array()
-        .ok_or_else(|| wrong("vtepIPs", "a list of IP addresses", v))?;
+fn parse_vteps(list: &[String]) -> Result<Vec<IpAddr>, ConfigError> {
     if list.len() > MAX_VTEPS {
         return Err(ConfigError::TooManyVteps { count: list.len() });
     }
     let mut out = BTreeSet::new();
-    for (i, item) in list.iter().enumerate() {
+    for (i, s) in list.iter().enumerate() {
         let field = format!("vtepIPs[{i}]");
-        let s = item
-            .as_str()
-            .ok_or_else(|| wrong(&field, "a string", item))?;
         let ip: IpAddr = s.trim().parse().map_err(|_| ConfigError::BadIp {
             field: field.clone(),
             value: s.to_owned(),
@@ -592,5 +641,77 @@ mod tests {
                 "{input}: {err:?} should mention {needle}"
             );
         }
+    }
+
+    #[test]
+    fn the_wire_format_round_trips() {
+        let wire = PluginConf {
+            seed: SeedFields {
+                is_master: Some(true),
+                ovs_bridge: Some("br1".into()),
+                vtep_ips: Some(vec!["10.245.2.2".into(), "fd00::2".into()]),
+                controller: Some(Controllers::Many(vec!["tcp:10.0.0.1:6653".into()])),
+            },
+            ovsdb_socket: Some("unix:/run/x/db.sock".into()),
+            datapath_type: Some("netdev".into()),
+            vni: Some(42),
+            mtu: Some(1400),
+            underlay_mtu: Some(1450),
+            host_port_dir: Some("/run/x/hostports".into()),
+        };
+        let json = wire.to_json();
+        assert_eq!(json["type"], "linen");
+        assert_eq!(json["capabilities"]["portMappings"], true);
+        assert_eq!(json["underlayMTU"], 1450, "{json}");
+        assert_eq!(json["vtepIPs"][1], "fd00::2", "{json}");
+        let back: PluginConf = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back, wire);
+        let c = ok(json);
+        assert!(c.is_master);
+        assert_eq!(c.bridge, "br1");
+        assert_eq!(c.vtep_ips.len(), 2);
+        assert_eq!(c.controller, ["tcp:10.0.0.1:6653"]);
+        assert_eq!(c.datapath, Datapath::Netdev);
+        assert_eq!(c.key, TunnelKey::Vni(42));
+        assert_eq!((c.mtu, c.underlay_mtu), (Some(1400), Some(1450)));
+        // Unset fields are not written, so the reader's defaults apply.
+        let empty = PluginConf::default().to_json();
+        assert_eq!(empty.as_object().unwrap().len(), 2, "{empty}");
+        assert_eq!(ok(empty).bridge, DEFAULT_BRIDGE);
+    }
+
+    #[test]
+    fn every_example_conflist_reads() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "conflist") {
+                continue;
+            }
+            let list: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            for plugin in list["plugins"].as_array().unwrap() {
+                if plugin["type"] == "linen" {
+                    LinenConfig::from_json(plugin)
+                        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                    // Written back flat (the seed's nested fields at the top level), it
+                    // reads the same.
+                    let mut wire: PluginConf = serde_json::from_value(plugin.clone()).unwrap();
+                    if let Some(nested) = plugin.pointer("/runtimeConfig/ovs") {
+                        let nested: SeedFields = serde_json::from_value(nested.clone()).unwrap();
+                        wire.seed = wire.seed.merge(nested).unwrap();
+                    }
+                    let again = wire.to_json();
+                    assert_eq!(
+                        LinenConfig::from_json(&again).unwrap(),
+                        LinenConfig::from_json(plugin).unwrap(),
+                        "{}",
+                        path.display()
+                    );
+                    seen += 1;
+                }
+            }
+        }
+        assert!(seen > 0, "no linen plugin in {dir}");
     }
 }
