@@ -73,7 +73,7 @@ impl Slices {
     /// around. A taken network larger than a slice (a fixed `--pod-cidr` of another length)
     /// rules out every slice inside it.
     pub fn pick(&self, node: &str, taken: &BTreeSet<IpNet>) -> Result<IpNet, SubnetError> {
-        let start = u128::from(fnv1a64(node.as_bytes())) % self.count();
+        let start = u128::from(linen::naming::fnv1a64(node.as_bytes())) % self.count();
         // Only slices overlapping `taken` can be in the way: one more step always finds a
         // free one, if there is one.
         let blocked = taken
@@ -121,12 +121,6 @@ pub fn parse_subnet_key(prefix: &str, key: &str) -> Option<IpNet> {
     let (addr, len) = rest.rsplit_once('-')?;
     let addr: IpAddr = addr.parse().ok()?;
     IpNet::new(addr, len.parse().ok()?).ok()
-}
-
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 #[cfg(test)]
