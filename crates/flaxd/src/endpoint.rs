@@ -133,18 +133,6 @@ pub async fn serve_with(
     }
 }
 
-/// Binds `addr` and serves in the background; returns the bound address (port 0 picks one).
-pub async fn spawn_server(
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
-    tokio::spawn(serve(listener, metrics, shutdown));
-    Ok(local)
-}
-
 /// Makes closing `stream` send a reset: the descriptor and the kernel's socket are released
 /// at once, not after the peer's FIN (a zero linger never blocks the closing thread).
 fn reset_on_close(stream: &TcpStream) {

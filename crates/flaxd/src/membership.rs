@@ -72,16 +72,6 @@ impl Publisher {
             changed
         });
     }
-
-    /// The last published snapshot.
-    pub fn current(&self) -> Snapshot {
-        self.tx.borrow().clone()
-    }
-
-    /// Another receiver (e.g. for metrics).
-    pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
-        self.tx.subscribe()
-    }
 }
 
 /// The record a node publishes about itself (etcd value, static file entry):

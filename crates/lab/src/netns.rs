@@ -310,13 +310,6 @@ impl NetnsGuard {
     pub fn ensure(name: impl Into<String>) -> Result<Self> {
         Netns::ensure(name).map(|ns| Self(Some(ns)))
     }
-
-    /// Keeps the namespace: the guard no longer deletes it.
-    pub fn disarm(mut self) -> Netns {
-        self.0
-            .take()
-            .expect("guard holds its namespace until disarmed")
-    }
 }
 
 impl std::ops::Deref for NetnsGuard {
