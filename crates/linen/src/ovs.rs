@@ -183,13 +183,7 @@ impl Ovs {
                             .interfaces
                             .iter()
                             .filter_map(|u| ifaces.get(u))
-                            .map(|i| ObservedInterface {
-                                uuid: i.uuid.to_string(),
-                                name: i.name.clone(),
-                                kind: i.kind.clone(),
-                                options: i.options.clone(),
-                                external_ids: i.external_ids.clone(),
-                            })
+                            .map(observed_interface)
                             .collect(),
                     })
                     .collect(),
@@ -237,13 +231,7 @@ impl Ovs {
             })?
             .into_iter()
             .next();
-        let observed = internal.as_ref().map(|i| ObservedInterface {
-            uuid: i.uuid.to_string(),
-            name: i.name.clone(),
-            kind: i.kind.clone(),
-            options: i.options.clone(),
-            external_ids: i.external_ids.clone(),
-        });
+        let observed = internal.as_ref().map(observed_interface);
         if !model::warm_in_step(spec, tunnels, &head, observed.as_ref()) {
             return Ok(None);
         }
@@ -293,13 +281,7 @@ impl Ovs {
                 ops.push(Operation::mutate(
                     Bridge::NAME,
                     vec![Condition::uuid(uuid)],
-                    vec![
-                        Mutation::delete("external_ids", Datum::set([DESIRED_KEY])),
-                        Mutation::insert(
-                            "external_ids",
-                            Datum::map([(DESIRED_KEY, digest.as_str())]),
-                        ),
-                    ],
+                    set_external_id(&[], DESIRED_KEY, &digest),
                 ));
             }
             let next_cfg = bump_next_cfg(&mut ops);
@@ -390,13 +372,7 @@ impl Ovs {
             Operation::mutate(
                 Interface::NAME,
                 vec![Condition::uuid(uuid)],
-                vec![
-                    Mutation::delete("external_ids", Datum::set([model::BRIDGE_VERSION_KEY])),
-                    Mutation::insert(
-                        "external_ids",
-                        Datum::map([(model::BRIDGE_VERSION_KEY, version.as_str())]),
-                    ),
-                ],
+                set_external_id(&[], model::BRIDGE_VERSION_KEY, &version),
             ),
         ];
         match self.client.transact(vswitch::DB, ops).await {
@@ -620,6 +596,27 @@ impl Ovs {
     }
 }
 
+/// Mutations that set `external_ids:key=value` whatever it held, and drop the keys in
+/// `also_drop`; the row's other ids stay.
+fn set_external_id(also_drop: &[&str], key: &str, value: &str) -> Vec<Mutation> {
+    let dropped = also_drop.iter().copied().chain([key]);
+    vec![
+        Mutation::delete("external_ids", Datum::set(dropped)),
+        Mutation::insert("external_ids", Datum::map([(key, value)])),
+    ]
+}
+
+/// The model's view of an Interface row.
+fn observed_interface(i: &Interface) -> ObservedInterface {
+    ObservedInterface {
+        uuid: i.uuid.to_string(),
+        name: i.name.clone(),
+        kind: i.kind.clone(),
+        options: i.options.clone(),
+        external_ids: i.external_ids.clone(),
+    }
+}
+
 /// A row's `_version`, as text.
 fn version_of(row: &Row) -> Option<String> {
     row.get("_version")
@@ -695,13 +692,7 @@ fn translate(
             out.push(Operation::mutate(
                 Bridge::NAME,
                 on_bridge(),
-                vec![
-                    Mutation::delete("external_ids", Datum::set([TUNNELS_KEY, DESIRED_KEY])),
-                    Mutation::insert(
-                        "external_ids",
-                        Datum::map([(TUNNELS_KEY, Source::Flaxd.as_str())]),
-                    ),
-                ],
+                set_external_id(&[DESIRED_KEY], TUNNELS_KEY, Source::Flaxd.as_str()),
             ));
         }
         Op::AddInternalPort { bridge: name } => {
