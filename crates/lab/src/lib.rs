@@ -30,6 +30,7 @@
 pub mod cluster;
 pub mod cmd;
 pub mod conflist;
+pub mod cri;
 mod daemons;
 pub mod etcd;
 pub mod etcd_auth;
@@ -99,6 +100,8 @@ pub enum Error {
     Flaxd(#[from] flaxd::Error),
     #[error(transparent)]
     Probe(#[from] probe::Error),
+    #[error(transparent)]
+    Cri(#[from] cri::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

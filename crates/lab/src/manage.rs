@@ -246,6 +246,14 @@ pub(crate) fn teardown(name: &str, dir: &Path, state: Option<&LabState>) -> Resu
     // flaxd before etcd, so that none of them sees etcd go (in parallel: each
     // renews its lease one last time, bounded); then etcd; then OVS.
     let nodes = run_dirs(name, dir, state);
+    // A node's containerd (`--runtime containerd`) first: its sandboxes are removed through
+    // CRI (the chain's DEL) while flaxd and OVS still run, then it and its pods' cgroups go.
+    for (netns, run_dir) in &nodes {
+        let cri = crate::cri::Layout::in_run_dir(netns.name(), run_dir);
+        if cri.dir.exists() {
+            note(crate::cri::stop_in(&cri).map_err(Into::into));
+        }
+    }
     let results: Vec<Result<()>> = std::thread::scope(|s| {
         let stops: Vec<_> = nodes
             .iter()

@@ -7,6 +7,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -52,8 +53,8 @@ pub enum Error {
     },
 }
 
-fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
-    let file = std::fs::File::open(ns.path())?;
+fn in_netns<T: Send>(ns: &Path, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+    let file = std::fs::File::open(ns)?;
     std::thread::scope(|s| {
         s.spawn(|| {
             nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
@@ -68,6 +69,11 @@ fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> io::Result<T> + Send) -> io
 /// Connects from inside `ns` to `addr` and returns what the peer sent until it closed
 /// (a [`PeerServer`] sends the source address it saw). Bounded by `timeout` per step.
 pub fn ask(ns: &Netns, addr: SocketAddr, timeout: Duration) -> io::Result<String> {
+    ask_at(&ns.path(), addr, timeout)
+}
+
+/// [`ask`] from the network namespace at `ns` (`/proc/PID/ns/net` of a CRI sandbox, say).
+pub fn ask_at(ns: &Path, addr: SocketAddr, timeout: Duration) -> io::Result<String> {
     in_netns(ns, || {
         let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
         stream.set_read_timeout(Some(timeout))?;
@@ -89,7 +95,12 @@ pub struct PeerServer {
 impl PeerServer {
     /// Listens on `addr` inside `ns` (bound before this returns).
     pub fn start(ns: &Netns, addr: SocketAddr) -> io::Result<Self> {
-        let file = std::fs::File::open(ns.path())?;
+        Self::start_at(&ns.path(), addr)
+    }
+
+    /// [`PeerServer::start`] in the network namespace at `ns`.
+    pub fn start_at(ns: &Path, addr: SocketAddr) -> io::Result<Self> {
+        let file = std::fs::File::open(ns)?;
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::channel();

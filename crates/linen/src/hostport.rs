@@ -66,6 +66,11 @@ type Result<T, E = HostPortError> = std::result::Result<T, E>;
 
 /// The hostPorts of `runtimeConfig.portMappings` (the CNI conventions' form:
 /// `{hostPort, containerPort, protocol, hostIP}`), sorted and deduplicated. Absent: none.
+///
+/// Keys are matched as Go's encoding/json matches them (the exact name first, else one that
+/// differs only in ASCII case): containerd 1.6's CRI (go-cni) sends
+/// `{"HostPort":8080,"ContainerPort":80,"Protocol":"tcp","HostIP":""}`, and the reference
+/// `portmap` plugin, chained after linen, reads that form too.
 pub fn from_runtime_config(conf: &Value) -> Result<Vec<HostPort>> {
     let Some(list) = conf
         .pointer("/runtimeConfig/portMappings")
@@ -79,13 +84,12 @@ pub fn from_runtime_config(conf: &Value) -> Result<Vec<HostPort>> {
         .ok_or_else(|| bad(format!("a list expected, got {list}")))?;
     let mut ports = Vec::new();
     for m in list {
-        let port = m
-            .get("hostPort")
+        let port = field(m, "hostPort")
             .and_then(Value::as_u64)
             .and_then(|p| u16::try_from(p).ok())
             .filter(|p| *p != 0)
             .ok_or_else(|| bad(format!("hostPort must be 1 to 65535 in {m}")))?;
-        let protocol = match m.get("protocol").and_then(Value::as_str) {
+        let protocol = match field(m, "protocol").and_then(Value::as_str) {
             None => Protocol::Tcp,
             Some(p) if p.eq_ignore_ascii_case("tcp") => Protocol::Tcp,
             Some(p) if p.eq_ignore_ascii_case("udp") => Protocol::Udp,
@@ -97,6 +101,16 @@ pub fn from_runtime_config(conf: &Value) -> Result<Vec<HostPort>> {
     ports.sort();
     ports.dedup();
     Ok(ports)
+}
+
+/// `object[name]`, else the first key equal to `name` but for ASCII case (Go's rule).
+fn field<'a>(object: &'a Value, name: &str) -> Option<&'a Value> {
+    let map = object.as_object()?;
+    map.get(name).or_else(|| {
+        map.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    })
 }
 
 fn file(dir: &Path, port: HostPort) -> PathBuf {
@@ -229,8 +243,15 @@ mod tests {
                 }
             ]
         );
+        // containerd 1.6's CRI (go-cni, no JSON tags on its PortMapping), as it sent it.
+        let cri = json!({"runtimeConfig": {"portMappings": [
+            {"HostPort": 8080, "ContainerPort": 80, "Protocol": "tcp", "HostIP": ""},
+            {"HOSTPORT": 53, "protocol": "udp"},
+        ]}});
+        assert_eq!(from_runtime_config(&cri).unwrap(), ports);
         for bad in [
             json!({"runtimeConfig": {"portMappings": {}}}),
+            json!({"runtimeConfig": {"portMappings": [{"Host_Port": 8080}]}}),
             json!({"runtimeConfig": {"portMappings": [{"hostPort": 0}]}}),
             json!({"runtimeConfig": {"portMappings": [{"hostPort": 70000}]}}),
             json!({"runtimeConfig": {"portMappings": [{"hostPort": 1, "protocol": "icmp"}]}}),
