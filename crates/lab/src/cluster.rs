@@ -26,6 +26,10 @@ pub enum Error {
     InvalidName { name: String, reason: &'static str },
     #[error("a lab has 1 to {max} nodes, not {nodes}")]
     NodeCount { nodes: usize, max: u8 },
+    #[error(
+        "--runtime containerd needs etcd membership: flaxd writes the conflist containerd's CRI reads"
+    )]
+    RuntimeNeedsEtcd,
     #[error("the etcd lease TTL must be 1 to 3600 seconds, not {ttl}")]
     LeaseTtl { ttl: u32 },
     #[error("underlay MTU {mtu} leaves no room for VXLAN pods (use 1280-9000)")]

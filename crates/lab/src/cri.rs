@@ -34,7 +34,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::cmd::{self, CmdError};
 use crate::node::Node;
-use crate::pod::{self, PortMapping};
+use crate::pod::{self, Pod, PortMapping};
 use crate::process::{self, Proof};
 use crate::wait::{self, Timeout};
 
@@ -103,6 +103,18 @@ pub enum Error {
         id: String,
         node: String,
         what: String,
+    },
+    #[error("bind the namespace of pod {pod} to its sandbox")]
+    Attach {
+        pod: String,
+        #[source]
+        source: CmdError,
+    },
+    #[error("remove the namespace binding of pod {pod}")]
+    Unbind {
+        pod: String,
+        #[source]
+        source: crate::netns::Error,
     },
     #[error("stop containerd on {node}")]
     Stop {
@@ -378,6 +390,87 @@ pub fn stop_in(layout: &Layout) -> Result<()> {
     testkit::cgroup::remove(&layout.cgroup).map_err(layout.io("remove the pods' cgroups"))?;
     let _ = std::fs::remove_file(layout.pid_file());
     Ok(())
+}
+
+/// A lab pod as a CRI pod sandbox: RunPodSandbox (its hostPorts as port mappings), then the
+/// pod's named namespace is bound to the sandbox's (`ip netns attach`), so every lab tool
+/// (ping matrix, traffic, probes) reaches it as any other pod; address, MAC and MTU are read
+/// from the kernel. On failure nothing of the pod is left.
+pub fn attach(cri: &Cri, node: &Node, pod: &Pod) -> Result<Pod> {
+    let sandbox = cri.run_pod(&pod.name, &pod.host_ports)?;
+    let bound = cri.pod_status(&sandbox.id).and_then(|status| {
+        let pid = status.pid.ok_or_else(|| Error::Sandbox {
+            id: sandbox.id.clone(),
+            node: node.name.clone(),
+            what: "PodSandboxStatus names no process".into(),
+        })?;
+        let netns = pod.netns.name().to_owned();
+        cmd::run(Command::new("ip").args(["netns", "attach", &netns, &pid.to_string()])).map_err(
+            |source| Error::Attach {
+                pod: pod.name.clone(),
+                source,
+            },
+        )?;
+        describe(node, pod, &sandbox.id)
+    });
+    match bound {
+        Ok(wired) => {
+            tracing::info!(pod = %pod.name, sandbox = %sandbox.id, ip = ?wired.ip, "CRI pod up");
+            Ok(wired)
+        }
+        Err(e) => {
+            let _ = cri
+                .stop_pod(&sandbox.id)
+                .and_then(|()| cri.remove_pod(&sandbox.id));
+            let _ = pod.netns.delete();
+            Err(e)
+        }
+    }
+}
+
+/// The pod as its namespace shows it (the first IPv4 address of eth0, MAC, MTU); the
+/// gateway is its node's bridge (the conflist's `isGateway`).
+fn describe(node: &Node, pod: &Pod, sandbox: &str) -> Result<Pod> {
+    let inspect = |source| Error::Attach {
+        pod: pod.name.clone(),
+        source,
+    };
+    let out =
+        cmd::run(&mut pod.netns.ip(["-j", "addr", "show", "dev", &pod.ifname])).map_err(inspect)?;
+    let (mac, mtu) = pod::parse_link(&out);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    let ip = v[0]["addr_info"].as_array().and_then(|a| {
+        a.iter().find_map(|i| {
+            let addr: std::net::Ipv4Addr = i["local"].as_str()?.parse().ok()?;
+            ipnet::Ipv4Net::new(addr, u8::try_from(i["prefixlen"].as_u64()?).ok()?).ok()
+        })
+    });
+    Ok(Pod {
+        ip,
+        gateway: Some(node.pods.gateway),
+        mac,
+        mtu,
+        sandbox: Some(sandbox.to_owned()),
+        ..pod.clone()
+    })
+}
+
+/// StopPodSandbox + RemovePodSandbox of a CRI pod (the chain's DEL), then its named
+/// namespace's binding. Idempotent; a node whose containerd is gone only loses the binding.
+pub fn detach(node: &Node, pod: &Pod) -> Result<()> {
+    let layout = Layout::of(node);
+    let removed = match (&pod.sandbox, running(&layout)) {
+        (Some(id), Some(_)) => {
+            let cri = Cri::connect(&layout)?;
+            cri.stop_pod(id).and_then(|()| cri.remove_pod(id))
+        }
+        _ => Ok(()),
+    };
+    let unbound = pod.netns.delete().map_err(|source| Error::Unbind {
+        pod: pod.name.clone(),
+        source,
+    });
+    removed.and(unbound)
 }
 
 /// Writes the sandbox image as an OCI image archive: one uncompressed layer holding

@@ -82,14 +82,13 @@ impl Cluster {
             .filter(|n| planned.iter().any(|p| p.node == n.index))
             .collect();
         // Before any namespace exists: a missing plugin fails every pod alike.
-        let runtimes: Result<Vec<_>, pod::Error> =
-            nodes.iter().map(|n| pod::runtime(state, n)).collect();
+        let runtimes: Result<Vec<_>> = nodes.iter().map(|n| NodeRuntime::of(state, n)).collect();
         let runtimes = match runtimes {
             Ok(r) => r,
             Err(e) => {
                 self.state.pods.retain(|p| !planned.contains(p));
                 self.save()?;
-                return Err(e.into());
+                return Err(e);
             }
         };
         let results: Vec<(String, Result<Pod>)> = std::thread::scope(|s| {
@@ -268,15 +267,37 @@ impl Cluster {
 }
 
 /// ADDs `pods` of `node` one after another; each result is named by pod.
-fn wire_node_pods(
-    runtime: &(Exec, NetworkConfigList),
-    node: &Node,
-    pods: &[&Pod],
-) -> Vec<(String, Result<Pod>)> {
-    let (exec, list) = runtime;
+/// Who wires a node's pods: the lab's own CNI runtime, or the node's containerd over CRI.
+enum NodeRuntime {
+    Cni(Exec, NetworkConfigList),
+    Cri(crate::cri::Cri),
+}
+
+impl NodeRuntime {
+    fn of(state: &LabState, node: &Node) -> Result<Self> {
+        Ok(match state.runtime {
+            crate::spec::Runtime::Cni => {
+                let (exec, list) = pod::runtime(state, node)?;
+                NodeRuntime::Cni(exec, list)
+            }
+            crate::spec::Runtime::Containerd => {
+                // containerd reads flaxd's conflist: wait for it as a CNI ADD would.
+                flaxd::await_conflist(node, pod::CONFLIST_WAIT)?;
+                NodeRuntime::Cri(crate::cri::start(node)?)
+            }
+        })
+    }
+}
+
+fn wire_node_pods(runtime: &NodeRuntime, node: &Node, pods: &[&Pod]) -> Vec<(String, Result<Pod>)> {
     pods.iter()
         .map(|p| {
-            let r = pod::attach(exec, list, node, p).map_err(Into::into);
+            let r = match runtime {
+                NodeRuntime::Cni(exec, list) => {
+                    pod::attach(exec, list, node, p).map_err(Into::into)
+                }
+                NodeRuntime::Cri(cri) => crate::cri::attach(cri, node, p).map_err(Into::into),
+            };
             (p.name.clone(), r)
         })
         .collect()
@@ -286,6 +307,14 @@ fn wire_node_pods(
 /// cannot run) and deletes their namespaces. Returns the first failure after
 /// trying all.
 pub(crate) fn unwire_pods(state: &LabState, node: &Node, pods: &[Pod]) -> Result<()> {
+    let (cri_pods, pods): (Vec<&Pod>, Vec<&Pod>) = pods.iter().partition(|p| p.sandbox.is_some());
+    let mut first: Option<crate::Error> = None;
+    for p in cri_pods {
+        if let Err(e) = crate::cri::detach(node, p) {
+            tracing::warn!(pod = %p.name, error = %error_chain(&e), "CRI pod cleanup");
+            first.get_or_insert(e.into());
+        }
+    }
     let runtime = if node.netns.exists() && !pods.is_empty() {
         pod::runtime_within(state, node, std::time::Duration::ZERO)
             .inspect_err(|e| {
@@ -295,12 +324,11 @@ pub(crate) fn unwire_pods(state: &LabState, node: &Node, pods: &[Pod]) -> Result
     } else {
         None
     };
-    let mut first = None;
     for p in pods {
         if let Err(e) = pod::detach(runtime.as_ref().map(|(e, l)| (e, l)), node, p) {
             tracing::warn!(pod = %p.name, error = %error_chain(&e), "pod cleanup");
-            first.get_or_insert(e);
+            first.get_or_insert(e.into());
         }
     }
-    first.map_or(Ok(()), |e| Err(e.into()))
+    first.map_or(Ok(()), Err)
 }

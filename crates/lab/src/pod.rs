@@ -96,6 +96,10 @@ pub struct Pod {
     /// (on ADD and DEL alike, as a container runtime does).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub host_ports: Vec<PortMapping>,
+    /// With `--runtime containerd`: the CRI pod sandbox (containerd ran the chain; the
+    /// pod's named namespace is bound to the sandbox's, `ip netns attach`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
 }
 
 /// One hostPort of a pod: `HOST:CONTAINER[/PROTO]` on the command line, e.g. `8080:80/tcp`.
@@ -171,6 +175,7 @@ impl Pod {
             mac: None,
             mtu: None,
             host_ports: Vec::new(),
+            sandbox: None,
         }
     }
 
@@ -385,8 +390,8 @@ fn describe(pod: &Pod, result: &cni::types::Result) -> Result<Pod> {
     })
 }
 
-/// MAC and MTU from `ip -j link show dev X`.
-fn parse_link(json: &str) -> (Option<String>, Option<u32>) {
+/// MAC and MTU from `ip -j link show dev X` (or `ip -j addr show dev X`).
+pub(crate) fn parse_link(json: &str) -> (Option<String>, Option<u32>) {
     let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
     let link = &v[0];
     (

@@ -53,6 +53,19 @@ pub enum Membership {
     Etcd,
 }
 
+/// Who runs the pods' CNI chain.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// The lab's own runtime (the `cni` crate's, libcni's behaviour): a named namespace per
+    /// pod, ADD and DEL run directly.
+    #[default]
+    Cni,
+    /// A containerd per node, asked over CRI as kubelet asks (see [`crate::cri`]); needs
+    /// etcd membership (flaxd writes the conflist containerd reads).
+    Containerd,
+}
+
 /// Seconds a crashed node's flaxd stays a member in an etcd lab: short, so
 /// that a lab shows a crash within seconds (production uses 10 or more).
 pub const DEFAULT_LEASE_TTL: u32 = 3;
@@ -73,6 +86,8 @@ pub struct ClusterSpec {
     pub lease_ttl: u32,
     /// Every node's bridge is pointed at a real OpenFlow controller of its own.
     pub controller: bool,
+    /// Who runs the pods' CNI chain.
+    pub runtime: Runtime,
 }
 
 impl ClusterSpec {
@@ -88,6 +103,7 @@ impl ClusterSpec {
             membership: Membership::Static,
             lease_ttl: DEFAULT_LEASE_TTL,
             controller: false,
+            runtime: Runtime::Cni,
         }
     }
 
@@ -102,6 +118,9 @@ impl ClusterSpec {
                 nodes: self.nodes,
                 max: self.max_nodes(),
             });
+        }
+        if self.runtime == Runtime::Containerd && self.membership != Membership::Etcd {
+            return Err(Error::RuntimeNeedsEtcd);
         }
         if self.membership == Membership::Etcd && !(1..=3600).contains(&self.lease_ttl) {
             return Err(Error::LeaseTtl {
@@ -145,6 +164,7 @@ impl ClusterSpec {
             nodes,
             pods: Vec::new(),
             membership: self.membership,
+            runtime: self.runtime,
             etcd: (self.membership == Membership::Etcd).then(|| Etcd::plan(&dir, self.lease_ttl)),
             dir,
         }
@@ -296,6 +316,22 @@ mod tests {
                     ..ClusterSpec::new("a", 1)
                 },
                 false,
+            ),
+            // containerd reads the conflist flaxd writes: etcd membership only.
+            (
+                ClusterSpec {
+                    runtime: Runtime::Containerd,
+                    ..ClusterSpec::new("a", 2)
+                },
+                false,
+            ),
+            (
+                ClusterSpec {
+                    runtime: Runtime::Containerd,
+                    membership: Membership::Etcd,
+                    ..ClusterSpec::new("a", 2)
+                },
+                true,
             ),
         ];
         for (spec, want) in cases {

@@ -81,6 +81,9 @@ pub struct LabState {
     pub pods: Vec<Pod>,
     #[serde(default)]
     pub membership: Membership,
+    /// Who runs the pods' CNI chain.
+    #[serde(default)]
+    pub runtime: crate::spec::Runtime,
     /// The lab's etcd, with [`Membership::Etcd`].
     #[serde(default)]
     pub etcd: Option<Etcd>,

@@ -328,3 +328,54 @@ fn churn_through_cri_leaks_nothing_and_is_timed_against_the_direct_cni_path() {
     drop(cluster);
     assert_nothing_left(&lab);
 }
+
+/// `linen-lab up --runtime containerd`: the lab's own pods are CRI sandboxes (their named
+/// namespaces bound to the sandboxes'), every lab tool works on them, and the whole pod
+/// matrix pings across nodes; deleting a pod goes through StopPodSandbox/RemovePodSandbox.
+#[test]
+fn a_containerd_lab_wires_its_pods_through_cri_and_every_pod_pings_every_other() {
+    require_tools();
+    let lab = TestLab::new();
+    let mut cluster = Cluster::up(linen_lab::ClusterSpec {
+        runtime: linen_lab::Runtime::Containerd,
+        ..lab.etcd_spec(2, 2, 3)
+    })
+    .expect("up --runtime containerd");
+    let state = cluster.state().clone();
+    assert_eq!(state.pods.len(), 4);
+    for pod in &state.pods {
+        let node = state.nodes.iter().find(|n| n.index == pod.node).unwrap();
+        assert!(pod.sandbox.is_some(), "{} is a CRI sandbox", pod.name);
+        let ip = pod.ip.expect("an address").addr();
+        assert!(
+            node.pods.node_cidr.contains(&ip),
+            "{ip} in {}",
+            node.pods.node_cidr
+        );
+        assert_eq!(pod.mtu, Some(node.pod_mtu()));
+    }
+    let cri = cri::Cri::connect(&cri::Layout::of(state.node("n1").unwrap())).unwrap();
+    assert_eq!(
+        cri.list_pods().unwrap().len(),
+        2,
+        "n1's containerd runs n1's pods"
+    );
+    let matrix = common::pings_pass(&state);
+    println!(
+        "ping matrix over CRI pods: {} probes passed",
+        matrix.probes.len()
+    );
+
+    let n1 = state.node("n1").unwrap().clone();
+    let gone = state.pods.iter().find(|p| p.node == 1).unwrap().clone();
+    cluster.del_pod(&gone.name).expect("del a CRI pod");
+    assert!(!gone.netns.exists(), "its namespace binding is gone");
+    assert!(
+        !leases(&n1).contains(&gone.ip.unwrap().addr().to_string()),
+        "lease released"
+    );
+    assert_eq!(cri.list_pods().unwrap().len(), 1);
+    drop(cri);
+    drop(cluster);
+    assert_nothing_left(&lab);
+}

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use linen_lab::{
-    Cluster, ClusterSpec, LabState, Membership, StopMode, Topology, ping, report, traffic,
+    Cluster, ClusterSpec, LabState, Membership, Runtime, StopMode, Topology, ping, report, traffic,
 };
 
 #[derive(Parser)]
@@ -79,6 +79,10 @@ struct Shape {
     /// (--controller) with etcd, by the conflist's `controller` with static membership.
     #[arg(long)]
     controller: bool,
+    /// Who runs the pods' CNI chain: the lab itself (cni), or a containerd per node asked
+    /// over CRI as kubelet asks (containerd; needs --membership etcd).
+    #[arg(long, value_enum, default_value_t = RuntimeArg::Cni)]
+    runtime: RuntimeArg,
 }
 
 impl Shape {
@@ -97,6 +101,10 @@ impl Shape {
             },
             lease_ttl: self.lease_ttl,
             controller: self.controller,
+            runtime: match self.runtime {
+                RuntimeArg::Cni => Runtime::Cni,
+                RuntimeArg::Containerd => Runtime::Containerd,
+            },
             ..ClusterSpec::new(&lab.name, self.nodes)
         }
     }
@@ -231,6 +239,12 @@ enum Command {
 enum TopologyArg {
     Mesh,
     Hub,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RuntimeArg {
+    Cni,
+    Containerd,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
