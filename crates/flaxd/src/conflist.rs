@@ -16,8 +16,10 @@ use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConflistError {
-    #[error("pod subnet {pod} is not inside the cluster CIDR {cluster}")]
-    OutsideCluster { pod: IpNet, cluster: IpNet },
+    #[error("pod subnet {pod} is not inside a cluster CIDR of its family ({cluster:?})")]
+    OutsideCluster { pod: IpNet, cluster: Vec<IpNet> },
+    #[error("pod subnets {0:?}: give one or two (IPv4 and IPv6), at most one per family")]
+    Families(Vec<IpNet>),
     #[error("pod subnet {0} is too small for a gateway and pods")]
     TooSmall(IpNet),
     #[error("the underlay MTU {0} is too small to carry VXLAN")]
@@ -44,8 +46,9 @@ pub struct ConflistSpec {
     pub controllers: Vec<String>,
     pub datapath: Datapath,
     pub key: TunnelKey,
-    /// The whole pod network: one layer-2 overlay, so every pod's prefix is this one.
-    pub cluster_cidr: IpNet,
+    /// The whole pod network, one CIDR per family (dual-stack: two): one layer-2 overlay, so
+    /// every pod's prefix is its family's cluster CIDR.
+    pub cluster_cidrs: Vec<IpNet>,
     pub underlay_mtu: u32,
     /// This node's VTEP: its address family decides the VXLAN overhead.
     pub vtep: IpAddr,
@@ -60,17 +63,26 @@ pub struct ConflistSpec {
 /// take the first conflist (containerd's `max_conf_num = 1`).
 pub const FILE_NAME: &str = "10-linen.conflist";
 
-/// The conflist for a node whose pods take addresses from `pod_cidr`.
-pub fn render(spec: &ConflistSpec, pod_cidr: IpNet) -> Result<String, ConflistError> {
-    let pod = pod_cidr.trunc();
-    if !spec.cluster_cidr.contains(&pod) {
-        return Err(ConflistError::OutsideCluster {
+/// One host-local range: the pod subnet's addresses, the gateway its first.
+struct Range {
+    cluster: IpNet,
+    gateway: IpAddr,
+    start: IpAddr,
+    end: IpAddr,
+    default_route: &'static str,
+}
+
+fn range(spec: &ConflistSpec, pod: IpNet) -> Result<Range, ConflistError> {
+    let pod = pod.trunc();
+    let cluster = spec
+        .cluster_cidrs
+        .iter()
+        .find(|c| c.contains(&pod))
+        .copied()
+        .ok_or_else(|| ConflistError::OutsideCluster {
             pod,
-            cluster: spec.cluster_cidr,
-        });
-    }
-    let mtu = linen::mtu::max_pod_mtu(spec.underlay_mtu, linen::mtu::vxlan_overhead([&spec.vtep]))
-        .ok_or(ConflistError::UnderlayTooSmall(spec.underlay_mtu))?;
+            cluster: spec.cluster_cidrs.clone(),
+        })?;
     let (gateway, start, end, default_route) = match pod {
         IpNet::V4(p) => {
             let net = u32::from(p.network());
@@ -91,6 +103,27 @@ pub fn render(spec: &ConflistSpec, pod_cidr: IpNet) -> Result<String, ConflistEr
             (ip(net + 1), ip(net + 2), ip(last - 1), "::/0")
         }
     };
+    Ok(Range {
+        cluster,
+        gateway,
+        start,
+        end,
+        default_route,
+    })
+}
+
+/// The conflist for a node whose pods take addresses from `pod_cidrs` (one per family:
+/// dual-stack pods get one address of each, the bridge both gateways).
+pub fn render(spec: &ConflistSpec, pod_cidrs: &[IpNet]) -> Result<String, ConflistError> {
+    let pods = crate::membership::pod_cidrs(pod_cidrs)
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| ConflistError::Families(pod_cidrs.to_vec()))?;
+    let ranges = pods
+        .iter()
+        .map(|p| range(spec, *p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mtu = linen::mtu::max_pod_mtu(spec.underlay_mtu, linen::mtu::vxlan_overhead([&spec.vtep]))
+        .ok_or(ConflistError::UnderlayTooSmall(spec.underlay_mtu))?;
     // The plugin's fields through its own wire format (linen::config::PluginConf).
     let linen = PluginConf {
         seed: SeedFields {
@@ -110,13 +143,17 @@ pub fn render(spec: &ConflistSpec, pod_cidr: IpNet) -> Result<String, ConflistEr
         host_port_dir: spec.host_port_dir.as_ref().map(|d| d.display().to_string()),
     }
     .to_json();
+    // host-local's `ranges`: one range set per family; each range's subnet is the whole
+    // cluster CIDR (one layer-2 overlay), its addresses the node's slice.
     let mut ipam = json!({
         "type": "host-local",
-        "subnet": spec.cluster_cidr.trunc().to_string(),
-        "rangeStart": start.to_string(),
-        "rangeEnd": end.to_string(),
-        "gateway": gateway.to_string(),
-        "routes": [{ "dst": default_route }],
+        "ranges": ranges.iter().map(|r| json!([{
+            "subnet": r.cluster.trunc().to_string(),
+            "rangeStart": r.start.to_string(),
+            "rangeEnd": r.end.to_string(),
+            "gateway": r.gateway.to_string(),
+        }])).collect::<Vec<_>>(),
+        "routes": ranges.iter().map(|r| json!({ "dst": r.default_route })).collect::<Vec<_>>(),
     });
     if let Some(dir) = &spec.ipam_data_dir {
         ipam["dataDir"] = json!(dir);
@@ -163,6 +200,10 @@ mod tests {
     use super::*;
     use serde_json::Value;
 
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
     fn spec() -> ConflistSpec {
         ConflistSpec {
             network: "linen".into(),
@@ -172,7 +213,7 @@ mod tests {
             controllers: Vec::new(),
             datapath: Datapath::System,
             key: TunnelKey::Flow,
-            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+            cluster_cidrs: vec![net("10.244.0.0/16")],
             underlay_mtu: 1500,
             vtep: "192.0.2.1".parse().unwrap(),
             ipam_data_dir: None,
@@ -182,7 +223,7 @@ mod tests {
 
     #[test]
     fn renders_bridge_and_linen() {
-        let text = render(&spec(), "10.244.3.0/24".parse().unwrap()).unwrap();
+        let text = render(&spec(), &[net("10.244.3.0/24")]).unwrap();
         let v: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["cniVersion"], "1.0.0");
         assert_eq!(v["name"], "linen");
@@ -209,10 +250,13 @@ mod tests {
         assert_eq!(bridge["mtu"], 1450);
         let ipam = &bridge["ipam"];
         assert_eq!(ipam["type"], "host-local");
-        assert_eq!(ipam["subnet"], "10.244.0.0/16");
-        assert_eq!(ipam["gateway"], "10.244.3.1");
-        assert_eq!(ipam["rangeStart"], "10.244.3.2");
-        assert_eq!(ipam["rangeEnd"], "10.244.3.254");
+        let range = &ipam["ranges"][0][0];
+        assert_eq!(range["subnet"], "10.244.0.0/16");
+        assert_eq!(range["gateway"], "10.244.3.1");
+        assert_eq!(range["rangeStart"], "10.244.3.2");
+        assert_eq!(range["rangeEnd"], "10.244.3.254");
+        assert_eq!(ipam["ranges"].as_array().unwrap().len(), 1, "single-stack");
+        assert_eq!(ipam["routes"], serde_json::json!([{"dst": "0.0.0.0/0"}]));
         let linen = &v["plugins"][1];
         assert_eq!(linen["type"], "linen");
         assert_eq!(linen["ovsBridge"], "br0");
@@ -228,8 +272,7 @@ mod tests {
         let mut with_dir = spec();
         with_dir.ipam_data_dir = Some("/run/lab/n1/ipam".into());
         let v: Value =
-            serde_json::from_str(&render(&with_dir, "10.244.3.0/24".parse().unwrap()).unwrap())
-                .unwrap();
+            serde_json::from_str(&render(&with_dir, &[net("10.244.3.0/24")]).unwrap()).unwrap();
         assert_eq!(v["plugins"][0]["ipam"]["dataDir"], "/run/lab/n1/ipam");
         assert!(
             v["plugins"][1].get("hostPortDir").is_none(),
@@ -238,8 +281,7 @@ mod tests {
         let mut with_ports = spec();
         with_ports.host_port_dir = Some("/run/lab/n1/hostports".into());
         let v: Value =
-            serde_json::from_str(&render(&with_ports, "10.244.3.0/24".parse().unwrap()).unwrap())
-                .unwrap();
+            serde_json::from_str(&render(&with_ports, &[net("10.244.3.0/24")]).unwrap()).unwrap();
         assert_eq!(v["plugins"][1]["hostPortDir"], "/run/lab/n1/hostports");
         let cfg = linen::config::LinenConfig::from_json(&v["plugins"][1]).unwrap();
         assert_eq!(
@@ -255,26 +297,58 @@ mod tests {
         s.key = TunnelKey::Vni(7);
         s.underlay_mtu = 9000;
         s.vtep = "2001:db8::1".parse().unwrap();
-        s.cluster_cidr = "fd10::/48".parse().unwrap();
+        s.cluster_cidrs = vec![net("fd10::/48")];
         let v: Value =
-            serde_json::from_str(&render(&s, "fd10:0:0:5::/64".parse().unwrap()).unwrap()).unwrap();
+            serde_json::from_str(&render(&s, &[net("fd10:0:0:5::/64")]).unwrap()).unwrap();
         assert_eq!(v["plugins"][1]["mtu"], 8930, "IPv6 overhead is 70");
         assert_eq!(v["plugins"][1]["vni"], 7);
         assert_eq!(v["plugins"][1]["datapathType"], "netdev");
         let ipam = &v["plugins"][0]["ipam"];
-        assert_eq!(ipam["gateway"], "fd10:0:0:5::1");
+        assert_eq!(ipam["ranges"][0][0]["gateway"], "fd10:0:0:5::1");
         assert_eq!(ipam["routes"][0]["dst"], "::/0");
+    }
+
+    #[test]
+    fn dual_stack_gets_a_range_and_a_default_route_per_family() {
+        let mut s = spec();
+        s.cluster_cidrs = vec![net("10.244.0.0/16"), net("fd00:10:244::/48")];
+        // Given in either order: IPv4 first in the conflist.
+        let text = render(&s, &[net("fd00:10:244:3::/64"), net("10.244.3.0/24")]).unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let ipam = &v["plugins"][0]["ipam"];
+        assert_eq!(
+            ipam["ranges"],
+            serde_json::json!([
+                [{"subnet": "10.244.0.0/16", "rangeStart": "10.244.3.2",
+                  "rangeEnd": "10.244.3.254", "gateway": "10.244.3.1"}],
+                [{"subnet": "fd00:10:244::/48", "rangeStart": "fd00:10:244:3::2",
+                  "rangeEnd": "fd00:10:244:3:ffff:ffff:ffff:fffe", "gateway": "fd00:10:244:3::1"}],
+            ])
+        );
+        assert_eq!(
+            ipam["routes"],
+            serde_json::json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}])
+        );
+        // An IPv6 subnet without an IPv6 cluster CIDR, two of a family, none.
+        assert!(matches!(
+            render(&spec(), &[net("10.244.3.0/24"), net("fd00:10:244:3::/64")]),
+            Err(ConflistError::OutsideCluster { .. })
+        ));
+        for bad in [vec![net("10.244.3.0/24"), net("10.244.4.0/24")], vec![]] {
+            assert!(
+                matches!(render(&s, &bad), Err(ConflistError::Families(_))),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]
     fn the_plugin_reads_back_flaxds_controllers() {
         let mut s = spec();
-        let v: Value =
-            serde_json::from_str(&render(&s, "10.244.1.0/24".parse().unwrap()).unwrap()).unwrap();
+        let v: Value = serde_json::from_str(&render(&s, &[net("10.244.1.0/24")]).unwrap()).unwrap();
         assert!(v["plugins"][1].get("controller").is_none());
         s.controllers = vec!["ssl:10.0.0.1:6653".into(), "tcp:10.0.0.2:6653".into()];
-        let v: Value =
-            serde_json::from_str(&render(&s, "10.244.1.0/24".parse().unwrap()).unwrap()).unwrap();
+        let v: Value = serde_json::from_str(&render(&s, &[net("10.244.1.0/24")]).unwrap()).unwrap();
         let plugin = linen::config::LinenConfig::from_json(&v["plugins"][1]).unwrap();
         assert_eq!(plugin.bridge_spec().controllers, s.controllers);
     }
@@ -283,17 +357,17 @@ mod tests {
     fn refusals() {
         let s = spec();
         assert!(matches!(
-            render(&s, "10.9.0.0/24".parse().unwrap()),
+            render(&s, &[net("10.9.0.0/24")]),
             Err(ConflistError::OutsideCluster { .. })
         ));
         assert!(matches!(
-            render(&s, "10.244.0.0/31".parse().unwrap()),
+            render(&s, &[net("10.244.0.0/31")]),
             Err(ConflistError::TooSmall(_))
         ));
         let mut tiny = spec();
         tiny.underlay_mtu = 100;
         assert!(matches!(
-            render(&tiny, "10.244.1.0/24".parse().unwrap()),
+            render(&tiny, &[net("10.244.1.0/24")]),
             Err(ConflistError::UnderlayTooSmall(100))
         ));
     }

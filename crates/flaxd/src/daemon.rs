@@ -56,9 +56,11 @@ pub struct DaemonConfig {
     pub policy: TunnelPolicy,
     /// Where to write the conflist (with the Linux bridge name and underlay MTU it needs).
     pub conflist: Option<ConflistOptions>,
-    pub cluster_cidr: IpNet,
-    /// A fixed pod subnet for this node (else the source's: etcd allocation, podCIDR, file).
-    pub pod_cidr: Option<IpNet>,
+    /// The cluster CIDRs, one per address family (dual-stack: an IPv4 and an IPv6 one).
+    pub cluster_cidrs: Vec<IpNet>,
+    /// Fixed pod subnets for this node, one per family (else the source's: etcd allocation,
+    /// podCIDRs, file).
+    pub pod_cidrs: Vec<IpNet>,
     pub metrics_addr: Option<SocketAddr>,
     pub debounce: Duration,
     pub resync: Duration,
@@ -96,8 +98,8 @@ impl DaemonConfig {
                 key: linen::config::TunnelKey::Flow,
             },
             conflist: None,
-            cluster_cidr: "10.244.0.0/16".parse().expect("a valid CIDR"),
-            pod_cidr: None,
+            cluster_cidrs: vec!["10.244.0.0/16".parse().expect("a valid CIDR")],
+            pod_cidrs: Vec::new(),
             metrics_addr: None,
             debounce: Duration::from_millis(100),
             resync: Duration::from_secs(60),
@@ -125,7 +127,7 @@ impl DaemonConfig {
                         controllers: self.controllers.clone(),
                         datapath: self.datapath,
                         key: self.policy.key,
-                        cluster_cidr: self.cluster_cidr,
+                        cluster_cidrs: self.cluster_cidrs.clone(),
                         underlay_mtu: c.underlay_mtu,
                         vtep: self.me.vtep,
                         ipam_data_dir: c.ipam_data_dir.clone(),
@@ -133,7 +135,7 @@ impl DaemonConfig {
                     },
                 )
             }),
-            pod_cidr: self.pod_cidr,
+            pod_cidrs: self.pod_cidrs.clone(),
             debounce: self.debounce,
             resync: self.resync,
             retry: (Duration::from_millis(100), Duration::from_secs(30)),
@@ -209,8 +211,8 @@ impl Daemon {
         let masq = Masquerade::new(
             NftProgram::default(),
             cfg.ip_masq,
-            vec![cfg.cluster_cidr],
-            cfg.pod_cidr,
+            cfg.cluster_cidrs.clone(),
+            cfg.pod_cidrs.clone(),
             cfg.me.name.clone(),
             metrics.clone(),
         );

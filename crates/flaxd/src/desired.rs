@@ -64,7 +64,7 @@ mod tests {
                     n.to_string(),
                     Member {
                         vtep: ip.parse().unwrap(),
-                        pod_cidr: None,
+                        pod_cidrs: Vec::new(),
                     },
                 )
             })
@@ -156,7 +156,7 @@ mod tests {
                     format!("n{i}"),
                     Member {
                         vtep: ip.into(),
-                        pod_cidr: None,
+                        pod_cidrs: Vec::new(),
                     },
                 )
             })

@@ -60,6 +60,9 @@ struct Peer {
     vtep: std::net::IpAddr,
     #[serde(rename = "podCIDR", default)]
     pod_cidr: Option<IpNet>,
+    /// Dual-stack: every subnet of the node (`podCIDR`, if given, is the first).
+    #[serde(rename = "podCIDRs", default)]
+    pod_cidrs: Vec<IpNet>,
 }
 
 /// Parses a peer list (YAML, or JSON, which YAML reads too).
@@ -77,6 +80,7 @@ pub fn parse_peers(text: &str) -> Result<Membership, FileError> {
         let rec = MemberRecord {
             vtep: p.vtep,
             pod_cidr: p.pod_cidr,
+            pod_cidrs: p.pod_cidrs,
         };
         let m = rec.into_member().map_err(|source| FileError::Peer {
             name: p.name.clone(),
@@ -193,8 +197,8 @@ mod tests {
                 m["a"].vtep,
                 "192.0.2.1".parse::<std::net::IpAddr>().unwrap()
             );
-            assert_eq!(m["a"].pod_cidr, Some("10.244.1.0/24".parse().unwrap()));
-            assert_eq!(m["b"].pod_cidr, None);
+            assert_eq!(m["a"].pod_cidrs, ["10.244.1.0/24".parse().unwrap()]);
+            assert!(m["b"].pod_cidrs.is_empty());
         }
         assert!(parse_peers("[]").unwrap().is_empty());
         assert!(matches!(parse_peers(" \n"), Err(FileError::Empty)));

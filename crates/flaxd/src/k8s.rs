@@ -34,11 +34,20 @@ pub fn node_member(node: &Node, address_type: &str) -> Option<Member> {
         .map(|ip| ip.to_canonical())
         .filter(|ip| linen::config::unusable_vtep(*ip).is_none())?;
     let spec = node.spec.as_ref();
-    let pod_cidr = spec
-        .and_then(|s| s.pod_cidr.as_deref())
-        .or_else(|| spec?.pod_cidrs.as_ref()?.first().map(String::as_str))
-        .and_then(|c| c.parse().ok());
-    Some(Member { vtep, pod_cidr })
+    // `podCIDRs` (every family, dual-stack) else `podCIDR`; a list that is not one subnet
+    // per family is ignored, as an unparsable one is.
+    let listed: Vec<&str> = match spec.and_then(|s| s.pod_cidrs.as_ref()) {
+        Some(all) if !all.is_empty() => all.iter().map(String::as_str).collect(),
+        _ => spec
+            .and_then(|s| s.pod_cidr.as_deref())
+            .into_iter()
+            .collect(),
+    };
+    let parsed: Option<Vec<ipnet::IpNet>> = listed.iter().map(|c| c.parse().ok()).collect();
+    let pod_cidrs = parsed
+        .and_then(|p| crate::membership::pod_cidrs(&p))
+        .unwrap_or_default();
+    Some(Member { vtep, pod_cidrs })
 }
 
 pub struct KubeSource {
@@ -120,7 +129,7 @@ impl KubeSource {
         match node_member(node, &self.address_type) {
             Some(m) => {
                 if members.insert(name.clone(), m.clone()).as_ref() != Some(&m) {
-                    tracing::info!(node = name, vtep = %m.vtep, pod_cidr = ?m.pod_cidr, "node joined or changed");
+                    tracing::info!(node = name, vtep = %m.vtep, pod_cidrs = ?m.pod_cidrs, "node joined or changed");
                 }
             }
             None => {
@@ -161,7 +170,15 @@ mod tests {
                        "status": {"addresses": [{"type": "ExternalIP", "address": "198.51.100.1"},
                                                 {"type": "InternalIP", "address": "192.0.2.1"}]}}),
                 "ExternalIP",
-                Some(("198.51.100.1", Some("10.244.2.0/24"))),
+                Some(("198.51.100.1", Some("10.244.2.0/24,fd00::/64"))),
+            ),
+            // Two subnets of one family: not a node's pod subnets (none, as unparsable).
+            (
+                json!({"metadata": {"name": "a"},
+                       "spec": {"podCIDRs": ["10.244.2.0/24", "10.244.3.0/24"]},
+                       "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.1"}]}}),
+                "InternalIP",
+                Some(("192.0.2.1", None)),
             ),
             (
                 json!({"metadata": {"name": "a"},
@@ -187,7 +204,11 @@ mod tests {
             let got = node_member(&node(n.clone()), ty);
             let want = want.map(|(ip, cidr)| Member {
                 vtep: ip.parse().unwrap(),
-                pod_cidr: cidr.map(|c| c.parse().unwrap()),
+                pod_cidrs: cidr
+                    .into_iter()
+                    .flat_map(|c| c.split(','))
+                    .map(|c| c.parse().unwrap())
+                    .collect(),
             });
             assert_eq!(got, want, "{n}");
         }

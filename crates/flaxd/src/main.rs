@@ -62,12 +62,21 @@ struct Args {
     /// This node is the hub of a hub-and-spoke layout: leave its tunnels unprotected.
     #[arg(long, env = "FLAXD_HUB")]
     hub: bool,
-    /// The whole pod network (one layer-2 overlay).
-    #[arg(long, env = "FLAXD_CLUSTER_CIDR", default_value = "10.244.0.0/16")]
-    cluster_cidr: IpNet,
-    /// The prefix length of each node's pod subnet, when etcd allocates them.
+    /// The whole pod network (one layer-2 overlay): one CIDR, or an IPv4 and an IPv6 one,
+    /// comma-separated, for dual-stack pods (an address of each family per pod).
+    #[arg(
+        long,
+        env = "FLAXD_CLUSTER_CIDR",
+        value_delimiter = ',',
+        default_value = "10.244.0.0/16"
+    )]
+    cluster_cidr: Vec<IpNet>,
+    /// The prefix length of each node's IPv4 pod subnet, when etcd allocates them.
     #[arg(long, env = "FLAXD_SUBNET_LEN", default_value_t = 24)]
     subnet_len: u8,
+    /// The prefix length of each node's IPv6 pod subnet, when etcd allocates them.
+    #[arg(long, env = "FLAXD_SUBNET_LEN_V6", default_value_t = 64)]
+    subnet_len_v6: u8,
     /// OpenFlow controller for the bridge (`tcp:IP:PORT`, `ssl:IP:PORT`, `unix:PATH`, or the
     /// seed's `IP:PORT`); repeat or comma-separate for several. The bridge keeps switching
     /// (fail_mode=standalone) while no controller is connected.
@@ -82,10 +91,10 @@ struct Args {
     /// For `ssl:` controllers: the CA certificate the controller's must chain to (PEM).
     #[arg(long, env = "FLAXD_SSL_CA_CERT", requires_all = ["ssl_private_key", "ssl_certificate"])]
     ssl_ca_cert: Option<PathBuf>,
-    /// A fixed pod subnet for this node (default: allocated by etcd, or the Node's podCIDR,
-    /// or this node's entry in the peer file).
-    #[arg(long, env = "FLAXD_POD_CIDR")]
-    pod_cidr: Option<IpNet>,
+    /// A fixed pod subnet for this node, or one per family comma-separated (default:
+    /// allocated by etcd, or the Node's podCIDRs, or this node's entry in the peer file).
+    #[arg(long, env = "FLAXD_POD_CIDR", value_delimiter = ',')]
+    pod_cidr: Vec<IpNet>,
     #[arg(
         long,
         env = "FLAXD_SOURCE",
@@ -297,8 +306,20 @@ async fn main() -> Result<()> {
             ca_cert: path(ca, "--ssl-ca-cert")?,
         });
     }
-    cfg.cluster_cidr = args.cluster_cidr;
-    cfg.pod_cidr = args.pod_cidr;
+    cfg.cluster_cidrs = flaxd::membership::pod_cidrs(&args.cluster_cidr)
+        .filter(|c| !c.is_empty())
+        .with_context(|| {
+            format!(
+                "--cluster-cidr {:?}: give one CIDR, or one IPv4 and one IPv6 CIDR",
+                args.cluster_cidr
+            )
+        })?;
+    cfg.pod_cidrs = flaxd::membership::pod_cidrs(&args.pod_cidr).with_context(|| {
+        format!(
+            "--pod-cidr {:?}: at most one IPv4 and one IPv6 subnet",
+            args.pod_cidr
+        )
+    })?;
     cfg.metrics_addr = Some(args.metrics_addr);
     cfg.resync = Duration::from_secs(args.resync.max(1));
     cfg.ip_masq = args.ip_masq;
@@ -325,8 +346,15 @@ async fn main() -> Result<()> {
             lease_ttl: args.etcd_lease_ttl,
             node: node_name.clone(),
             vtep,
-            pod_cidr: args.pod_cidr,
-            allocate: Some((args.cluster_cidr, args.subnet_len)),
+            pod_cidrs: cfg.pod_cidrs.clone(),
+            allocate: cfg
+                .cluster_cidrs
+                .iter()
+                .map(|c| match c {
+                    IpNet::V4(_) => (*c, args.subnet_len),
+                    IpNet::V6(_) => (*c, args.subnet_len_v6),
+                })
+                .collect(),
         }),
         Source::Kube => {
             let config = flaxd::k8s::kube::Config::infer()

@@ -288,8 +288,9 @@ pub struct Masquerade<N> {
     nft: N,
     enabled: bool,
     clusters: Vec<IpNet>,
-    /// A configured pod subnet; else the one the node's membership record carries.
-    pod_cidr: Option<IpNet>,
+    /// Configured pod subnets (one per family); else those the node's membership record
+    /// carries.
+    pod_cidrs: Vec<IpNet>,
     node: String,
     metrics: Arc<Metrics>,
     last: Option<Applied>,
@@ -300,7 +301,7 @@ impl<N: Nft> Masquerade<N> {
         nft: N,
         enabled: bool,
         clusters: Vec<IpNet>,
-        pod_cidr: Option<IpNet>,
+        pod_cidrs: Vec<IpNet>,
         node: String,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -309,7 +310,7 @@ impl<N: Nft> Masquerade<N> {
             nft,
             enabled,
             clusters,
-            pod_cidr,
+            pod_cidrs,
             node,
             metrics,
             last: None,
@@ -317,8 +318,13 @@ impl<N: Nft> Masquerade<N> {
     }
 
     fn pods(&self, snap: &Snapshot) -> Vec<IpNet> {
-        let own = snap.members.get(&self.node).and_then(|m| m.pod_cidr);
-        self.pod_cidr.or(own).into_iter().collect()
+        if !self.pod_cidrs.is_empty() {
+            return self.pod_cidrs.clone();
+        }
+        snap.members
+            .get(&self.node)
+            .map(|m| m.pod_cidrs.clone())
+            .unwrap_or_default()
     }
 
     /// One check, and the change it calls for. Returns the action taken.

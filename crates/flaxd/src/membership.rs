@@ -20,8 +20,9 @@ pub type NodeName = String;
 pub struct Member {
     /// The node's VXLAN tunnel end point (underlay address).
     pub vtep: IpAddr,
-    /// The node's slice of the cluster's pod network, when known.
-    pub pod_cidr: Option<IpNet>,
+    /// The node's slices of the cluster's pod network, at most one per address family
+    /// (IPv4 first); empty when not known.
+    pub pod_cidrs: Vec<IpNet>,
 }
 
 /// Every known node, by name.
@@ -75,13 +76,17 @@ impl Publisher {
 }
 
 /// The record a node publishes about itself (etcd value, static file entry):
-/// `{"vtep": "192.0.2.1", "podCIDR": "10.244.3.0/24"}`.
+/// `{"vtep": "192.0.2.1", "podCIDR": "10.244.3.0/24"}`; a dual-stack node adds every subnet
+/// as Kubernetes' Node spec does: `"podCIDRs": ["10.244.3.0/24", "fd00:10:244:3::/64"]`
+/// (`podCIDR` is then the first). A single-stack record is written exactly as before.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MemberRecord {
     pub vtep: IpAddr,
     #[serde(rename = "podCIDR", default, skip_serializing_if = "Option::is_none")]
     pub pod_cidr: Option<IpNet>,
+    #[serde(rename = "podCIDRs", default, skip_serializing_if = "Vec::is_empty")]
+    pub pod_cidrs: Vec<IpNet>,
 }
 
 /// Why a member record was refused.
@@ -91,6 +96,19 @@ pub enum RecordError {
     Syntax(#[source] serde_json::Error),
     #[error("{vtep} cannot be a VTEP address ({why})")]
     UnusableVtep { vtep: IpAddr, why: &'static str },
+    #[error("pod subnets {0:?}: at most one per address family")]
+    PodCidrs(Vec<IpNet>),
+    #[error("podCIDR {first} is not the first of podCIDRs {all:?}")]
+    PodCidrMismatch { first: IpNet, all: Vec<IpNet> },
+}
+
+/// `cidrs` as a node's pod subnets: truncated, IPv4 first, at most one per family (`None`
+/// otherwise).
+pub fn pod_cidrs(cidrs: &[IpNet]) -> Option<Vec<IpNet>> {
+    let mut out: Vec<IpNet> = cidrs.iter().map(IpNet::trunc).collect();
+    out.sort_by_key(|n| matches!(n, IpNet::V6(_)));
+    let v4 = out.iter().filter(|n| matches!(n, IpNet::V4(_))).count();
+    (v4 <= 1 && out.len() - v4 <= 1).then_some(out)
 }
 
 impl MemberRecord {
@@ -107,10 +125,21 @@ impl MemberRecord {
         if let Some(why) = unusable_vtep(vtep) {
             return Err(RecordError::UnusableVtep { vtep, why });
         }
-        Ok(Member {
-            vtep,
-            pod_cidr: self.pod_cidr,
-        })
+        let all = if self.pod_cidrs.is_empty() {
+            self.pod_cidr.into_iter().collect()
+        } else {
+            if let Some(first) = self.pod_cidr
+                && self.pod_cidrs.first() != Some(&first)
+            {
+                return Err(RecordError::PodCidrMismatch {
+                    first,
+                    all: self.pod_cidrs,
+                });
+            }
+            self.pod_cidrs
+        };
+        let pod_cidrs = pod_cidrs(&all).ok_or(RecordError::PodCidrs(all))?;
+        Ok(Member { vtep, pod_cidrs })
     }
 
     pub fn to_json(&self) -> String {
@@ -120,9 +149,21 @@ impl MemberRecord {
 
 impl From<&Member> for MemberRecord {
     fn from(m: &Member) -> Self {
+        MemberRecord::new(m.vtep, &m.pod_cidrs)
+    }
+}
+
+impl MemberRecord {
+    /// The record of a node at `vtep` with `pod_cidrs` (`podCIDRs` only when dual-stack).
+    pub fn new(vtep: IpAddr, pod_cidrs: &[IpNet]) -> Self {
         MemberRecord {
-            vtep: m.vtep,
-            pod_cidr: m.pod_cidr,
+            vtep,
+            pod_cidr: pod_cidrs.first().copied(),
+            pod_cidrs: if pod_cidrs.len() > 1 {
+                pod_cidrs.to_vec()
+            } else {
+                Vec::new()
+            },
         }
     }
 }
@@ -152,7 +193,24 @@ mod tests {
         for (json, vtep, cidr) in ok {
             let m = MemberRecord::parse(json.as_bytes()).expect(json);
             assert_eq!(m.vtep, vtep.parse::<IpAddr>().unwrap(), "{json}");
-            assert_eq!(m.pod_cidr, cidr.map(|c| c.parse().unwrap()), "{json}");
+            let want: Vec<IpNet> = cidr.into_iter().map(|c| c.parse().unwrap()).collect();
+            assert_eq!(m.pod_cidrs, want, "{json}");
+        }
+        // Dual-stack, as Kubernetes' Node spec writes it; podCIDRs alone; IPv6 listed first.
+        let dual: Vec<IpNet> = vec![
+            "10.244.3.0/24".parse().unwrap(),
+            "fd00:10:244:3::/64".parse().unwrap(),
+        ];
+        for json in [
+            r#"{"vtep":"192.0.2.1","podCIDR":"10.244.3.0/24","podCIDRs":["10.244.3.0/24","fd00:10:244:3::/64"]}"#,
+            r#"{"vtep":"192.0.2.1","podCIDRs":["10.244.3.0/24","fd00:10:244:3::/64"]}"#,
+            r#"{"vtep":"192.0.2.1","podCIDRs":["fd00:10:244:3::/64","10.244.3.0/24"]}"#,
+        ] {
+            assert_eq!(
+                MemberRecord::parse(json.as_bytes()).unwrap().pod_cidrs,
+                dual,
+                "{json}"
+            );
         }
         let bad = [
             "",
@@ -162,6 +220,9 @@ mod tests {
             r#"{"vtep":"nope"}"#,
             r#"{"vtep":"192.0.2.1","podCIDR":"10.244.3.0"}"#,
             r#"{"vtep":"192.0.2.1","extra":1}"#,
+            // Two subnets of one family; podCIDR that is not podCIDRs' first.
+            r#"{"vtep":"192.0.2.1","podCIDRs":["10.244.3.0/24","10.244.4.0/24"]}"#,
+            r#"{"vtep":"192.0.2.1","podCIDR":"10.244.9.0/24","podCIDRs":["10.244.3.0/24","fd00::/64"]}"#,
             r#"{"vtep":1}"#,
             r#"{"vtep":"0.0.0.0"}"#,
             r#"{"vtep":"127.0.0.1"}"#,
@@ -178,12 +239,20 @@ mod tests {
 
     #[test]
     fn records_round_trip() {
-        let m = Member {
+        let mut m = Member {
             vtep: "192.0.2.7".parse().unwrap(),
-            pod_cidr: Some("10.244.7.0/24".parse().unwrap()),
+            pod_cidrs: vec!["10.244.7.0/24".parse().unwrap()],
         };
+        // Single-stack: byte for byte the record older flaxds write and read.
         let json = MemberRecord::from(&m).to_json();
         assert_eq!(json, r#"{"vtep":"192.0.2.7","podCIDR":"10.244.7.0/24"}"#);
+        assert_eq!(MemberRecord::parse(json.as_bytes()).unwrap(), m);
+        m.pod_cidrs.push("fd00:10:244:7::/64".parse().unwrap());
+        let json = MemberRecord::from(&m).to_json();
+        assert_eq!(
+            json,
+            r#"{"vtep":"192.0.2.7","podCIDR":"10.244.7.0/24","podCIDRs":["10.244.7.0/24","fd00:10:244:7::/64"]}"#
+        );
         assert_eq!(MemberRecord::parse(json.as_bytes()).unwrap(), m);
     }
 

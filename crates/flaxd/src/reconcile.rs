@@ -30,9 +30,9 @@ pub struct ReconcilerConfig {
     pub bridge: BridgeSpec,
     /// Where to write this node's conflist, and what goes in it.
     pub conflist: Option<(PathBuf, ConflistSpec)>,
-    /// This node's pod subnet when configured; otherwise the one its membership record
-    /// carries (etcd allocation, the Node's `spec.podCIDR`).
-    pub pod_cidr: Option<IpNet>,
+    /// This node's pod subnets when configured (one per family); otherwise those its
+    /// membership record carries (etcd allocation, the Node's `spec.podCIDRs`, the file).
+    pub pod_cidrs: Vec<IpNet>,
     /// Quiet time that ends a burst of triggers (at most ten times this is waited).
     pub debounce: Duration,
     /// A pass at least this often, even when nothing was seen to change.
@@ -143,16 +143,23 @@ impl<O: Overlay> Reconciler<O> {
         let Some((path, spec)) = &self.cfg.conflist else {
             return Ok(false);
         };
-        let own = snap.members.get(&self.cfg.me.name).and_then(|m| m.pod_cidr);
-        let Some(pod_cidr) = self.cfg.pod_cidr.or(own) else {
+        let pod_cidrs = if self.cfg.pod_cidrs.is_empty() {
+            snap.members
+                .get(&self.cfg.me.name)
+                .map(|m| m.pod_cidrs.clone())
+                .unwrap_or_default()
+        } else {
+            self.cfg.pod_cidrs.clone()
+        };
+        if pod_cidrs.is_empty() {
             tracing::debug!("no pod subnet known for this node yet; conflist not written");
             return Ok(false);
-        };
-        let text = conflist::render(spec, pod_cidr)?;
+        }
+        let text = conflist::render(spec, &pod_cidrs)?;
         let written = conflist::write_if_changed(path, &text)?;
         if written {
             self.metrics.conflist_writes.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(path = %path.display(), %pod_cidr, "CNI configuration written");
+            tracing::info!(path = %path.display(), ?pod_cidrs, "CNI configuration written");
         }
         Ok(written)
     }

@@ -69,7 +69,7 @@ async fn flaxd_points_the_bridge_at_a_real_controller_that_can_die_and_return() 
     let mut cfg = a.config();
     cfg.controllers = vec![target.clone()];
     // A pod subnet, so flaxd writes the conflist.
-    cfg.pod_cidr = Some("10.244.1.0/24".parse().unwrap());
+    cfg.pod_cidrs = vec!["10.244.1.0/24".parse().unwrap()];
     let controller = TestController::start(a.ovs.netns(), port);
     let started = std::time::Instant::now();
     let d = a.start_file(&peers, cfg).await;

@@ -240,7 +240,7 @@ async fn a_watch_behind_a_compaction_lists_again() {
             "a".to_string(),
             flaxd::Member {
                 vtep: "192.0.2.1".parse().unwrap(),
-                pod_cidr: None,
+                pod_cidrs: Vec::new(),
             },
         )]
         .into(),
@@ -590,4 +590,69 @@ async fn an_etcd_member_lost_during_a_burst_of_1000_joins_loses_nothing() {
     .await;
     da.shutdown().await.unwrap();
     db.shutdown().await.unwrap();
+}
+
+/// Dual-stack: with an IPv4 and an IPv6 cluster CIDR and no fixed subnet, each node gets a
+/// slice of each family from etcd (no two nodes share one), its record carries both
+/// (`podCIDRs`, as the Node spec does), and its conflist has a range per family.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_nodes_get_a_subnet_of_each_family() {
+    init_logs();
+    let etcd = Etcd::start().await;
+    let eps = etcd.endpoints();
+    let clusters: Vec<ipnet::IpNet> = vec![
+        "10.244.0.0/16".parse().unwrap(),
+        "fd00:10:244::/48".parse().unwrap(),
+    ];
+    let nodes = [Node::new("a", "192.0.2.1"), Node::new("b", "192.0.2.2")];
+    let mut daemons = Vec::new();
+    for n in &nodes {
+        let mut cfg = n.config();
+        cfg.cluster_cidrs = clusters.clone();
+        let mut source = n.etcd_config(&eps, 60);
+        source.allocate = vec![(clusters[0], 24), (clusters[1], 64)];
+        daemons.push(
+            Daemon::start(cfg, flaxd::SourceConfig::Etcd(source))
+                .await
+                .expect("flaxd starts"),
+        );
+    }
+    let mut seen = BTreeSet::new();
+    for n in &nodes {
+        let conf: serde_json::Value = eventually("a dual-stack conflist", LONG, || async {
+            let text = std::fs::read_to_string(&n.conflist).ok()?;
+            let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+            (v["plugins"][0]["ipam"]["ranges"].as_array()?.len() == 2).then_some(v)
+        })
+        .await;
+        let ranges = &conf["plugins"][0]["ipam"]["ranges"];
+        assert_eq!(ranges[0][0]["subnet"], "10.244.0.0/16");
+        assert_eq!(ranges[1][0]["subnet"], "fd00:10:244::/48");
+        let gw6: std::net::Ipv6Addr = ranges[1][0]["gateway"].as_str().unwrap().parse().unwrap();
+        assert!(clusters[1].contains(&std::net::IpAddr::V6(gw6)), "{gw6}");
+        // The record in etcd: both subnets, IPv4 first, and the conflist's.
+        let mut kv = etcd.client().await;
+        let rec = kv.get(node_key("/linen", &n.name), None).await.unwrap();
+        let rec: serde_json::Value =
+            serde_json::from_slice(rec.kvs()[0].value()).expect("a record");
+        let cidrs: Vec<ipnet::IpNet> = rec["podCIDRs"]
+            .as_array()
+            .expect("podCIDRs")
+            .iter()
+            .map(|c| c.as_str().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(cidrs.len(), 2, "{rec}");
+        assert_eq!(rec["podCIDR"], rec["podCIDRs"][0]);
+        assert_eq!(cidrs[1].prefix_len(), 64);
+        assert!(cidrs[1].contains(&std::net::IpAddr::V6(gw6)));
+        for c in cidrs {
+            assert!(seen.insert(c), "{c} handed out twice");
+        }
+    }
+    // Each daemon sees the other with both subnets.
+    let other = daemons[0].members().borrow().members.get("b").cloned();
+    assert_eq!(other.map(|m| m.pod_cidrs.len()), Some(2));
+    for d in daemons {
+        d.shutdown().await.unwrap();
+    }
 }

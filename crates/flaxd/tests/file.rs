@@ -20,7 +20,7 @@ async fn tunnels_follow_the_peer_file() {
     );
     let mut cfg = a.config();
     cfg.policy.hub = true;
-    cfg.pod_cidr = Some("10.244.1.0/24".parse().unwrap());
+    cfg.pod_cidrs = vec!["10.244.1.0/24".parse().unwrap()];
     let d = a.start_file(&peers, cfg).await;
     let t = a
         .ovs
@@ -133,7 +133,7 @@ async fn a_full_conflist_directory_fails_cleanly_and_heals() {
         assert_eq!(full.raw_os_error(), Some(libc::ENOSPC), "{full}");
     }
     let mut cfg = a.config();
-    cfg.pod_cidr = Some("10.244.1.0/24".parse().unwrap());
+    cfg.pod_cidrs = vec!["10.244.1.0/24".parse().unwrap()];
     let conflist = netd.join("10-linen.conflist");
     cfg.conflist.as_mut().unwrap().path = conflist.clone();
     let d = a.start_file(&peers, cfg).await;
@@ -174,7 +174,10 @@ async fn a_full_conflist_directory_fails_cleanly_and_heals() {
     );
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&conflist).unwrap()).unwrap();
-    assert_eq!(v["plugins"][0]["ipam"]["gateway"], "10.244.1.1");
+    assert_eq!(
+        v["plugins"][0]["ipam"]["ranges"][0][0]["gateway"],
+        "10.244.1.1"
+    );
     assert_eq!(names(), ["10-linen.conflist"]);
     d.shutdown().await.unwrap();
 }

@@ -189,7 +189,7 @@ fn vteps(m: &Membership) -> Vec<(String, String, Option<String>)> {
             (
                 n.clone(),
                 m.vtep.to_string(),
-                m.pod_cidr.map(|c| c.to_string()),
+                m.pod_cidrs.first().map(|c| c.to_string()),
             )
         })
         .collect()

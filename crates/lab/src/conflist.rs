@@ -92,7 +92,7 @@ impl Node {
     pub fn conflist(&self, state: &LabState) -> Value {
         let mut ipam = self.pods.host_local_ipam();
         ipam["dataDir"] = json!(self.ipam_dir());
-        ipam["routes"] = json!([{ "dst": "0.0.0.0/0" }]);
+        ipam["routes"] = self.pods.default_routes();
         let vteps: Vec<String> = vtep_ips(state, self)
             .iter()
             .map(ToString::to_string)

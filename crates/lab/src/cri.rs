@@ -445,8 +445,24 @@ fn describe(node: &Node, pod: &Pod, sandbox: &str) -> Result<Pod> {
             ipnet::Ipv4Net::new(addr, u8::try_from(i["prefixlen"].as_u64()?).ok()?).ok()
         })
     });
+    let ip6 = v[0]["addr_info"].as_array().and_then(|a| {
+        a.iter().find_map(|i| {
+            if i["scope"].as_str() != Some("global") {
+                return None;
+            }
+            let addr: std::net::Ipv6Addr = i["local"].as_str()?.parse().ok()?;
+            ipnet::Ipv6Net::new(addr, u8::try_from(i["prefixlen"].as_u64()?).ok()?).ok()
+        })
+    });
     Ok(Pod {
         ip,
+        ip6,
+        gateway6: node
+            .pods
+            .v6
+            .as_ref()
+            .map(|v| v.gateway)
+            .filter(|_| ip6.is_some()),
         gateway: Some(node.pods.gateway),
         mac,
         mtu,

@@ -22,7 +22,7 @@ use thiserror::Error;
 
 use crate::conflist::{LINUX_BRIDGE, NETWORK_NAME, OVS_BRIDGE};
 use crate::etcd::{self, Etcd};
-use crate::node::{CLUSTER_CIDR, Node, Role};
+use crate::node::{Node, Role};
 use crate::pod::{self, BIN_DIR_ENV};
 use crate::process::{self, Proof};
 use crate::state::LabState;
@@ -184,8 +184,8 @@ pub fn args(node: &Node, etcd: &Etcd) -> Vec<String> {
         format!("--ovsdb=unix:{}", node.ovsdb_socket.display()),
         format!("--bridge={OVS_BRIDGE}"),
         "--datapath=netdev".to_owned(),
-        format!("--cluster-cidr={CLUSTER_CIDR}"),
-        format!("--pod-cidr={}", node.pods.node_cidr),
+        format!("--cluster-cidr={}", node.pods.cluster_cidrs().join(",")),
+        format!("--pod-cidr={}", node.pods.node_cidrs().join(",")),
         format!("--conflist={}", node.conflist_path().display()),
         format!("--network-name={NETWORK_NAME}"),
         format!("--linux-bridge={LINUX_BRIDGE}"),
@@ -311,7 +311,7 @@ pub fn await_conflist(node: &Node, limit: Duration) -> Result<Value> {
         log: node.flaxd_log(),
         source,
     })?;
-    let found = conf["plugins"][0]["ipam"]["gateway"]
+    let found = conf["plugins"][0]["ipam"]["ranges"][0][0]["gateway"]
         .as_str()
         .unwrap_or_default();
     let planned = node.pods.gateway.to_string();

@@ -167,9 +167,20 @@ impl Cluster {
             Topology::Mesh => Role::Peer,
             Topology::Hub => Role::Spoke,
         };
+        let dual = self
+            .state
+            .nodes
+            .first()
+            .is_some_and(|n| n.pods.v6.is_some());
         let node = Node {
-            // Like the first node's: the lab was brought up with or without controllers.
+            // Like the first node's: the lab was brought up with or without controllers,
+            // single- or dual-stack.
             controller: self.state.nodes.first().is_some_and(|n| n.controller),
+            pods: if dual {
+                crate::node::PodRange::dual(index)
+            } else {
+                crate::node::PodRange::for_node(index)
+            },
             ..Node::plan(
                 &self.state.name,
                 index,

@@ -1,12 +1,12 @@
 //! A simulated node: its names, addresses and paths (a pure plan, table-tested
 //! below), and the provisioning of its `br-phy` on top of a running OVS.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -23,6 +23,9 @@ pub const PHY_BRIDGE: &str = "br-phy";
 pub const OWNER_KEY: &str = "linen-lab";
 /// All pods of all nodes share this one L2 overlay subnet.
 pub const CLUSTER_CIDR: Ipv4Net = ipnet_v4(Ipv4Addr::new(10, 244, 0, 0), 16);
+/// The IPv6 pod network of a dual-stack lab (`--ip-family dual`): node `N` gets
+/// `fd00:10:244:N::/64`.
+pub const CLUSTER_CIDR_V6: &str = "fd00:10:244::/48";
 /// Node N has underlay address 10.245.2.N/24, as in the seed's examples.
 pub const UNDERLAY_SUBNET: Ipv4Net = ipnet_v4(Ipv4Addr::new(10, 245, 2, 0), 24);
 /// VXLAN over IPv4 adds 50 bytes.
@@ -78,9 +81,57 @@ pub struct PodRange {
     pub gateway: Ipv4Addr,
     pub range_start: Ipv4Addr,
     pub range_end: Ipv4Addr,
+    /// Dual-stack (`--ip-family dual`): the node's IPv6 pods too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v6: Option<PodRange6>,
+}
+
+/// The IPv6 pod addresses of one node: `fd00:10:244:N::/64`, gateway `::1`, pods from `::2`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRange6 {
+    pub cluster_cidr: Ipv6Net,
+    pub node_cidr: Ipv6Net,
+    pub gateway: Ipv6Addr,
+    pub range_start: Ipv6Addr,
+    pub range_end: Ipv6Addr,
+}
+
+impl PodRange6 {
+    pub fn for_node(index: u8) -> Self {
+        let at = |host| Ipv6Addr::new(0xfd00, 0x10, 0x244, u16::from(index), 0, 0, 0, host);
+        Self {
+            cluster_cidr: CLUSTER_CIDR_V6.parse().expect("a valid CIDR"),
+            node_cidr: Ipv6Net::new(at(0), 64).expect("a valid prefix"),
+            gateway: at(1),
+            range_start: at(2),
+            range_end: at(0xfffe),
+        }
+    }
 }
 
 impl PodRange {
+    /// [`PodRange::for_node`] plus the node's IPv6 pod subnet.
+    pub fn dual(index: u8) -> Self {
+        Self {
+            v6: Some(PodRange6::for_node(index)),
+            ..Self::for_node(index)
+        }
+    }
+
+    /// The node's pod subnets: IPv4, then IPv6 when dual-stack (flaxd's `--pod-cidr`).
+    pub fn node_cidrs(&self) -> Vec<String> {
+        std::iter::once(self.node_cidr.to_string())
+            .chain(self.v6.as_ref().map(|v| v.node_cidr.to_string()))
+            .collect()
+    }
+
+    /// The cluster CIDRs: IPv4, then IPv6 when dual-stack (flaxd's `--cluster-cidr`).
+    pub fn cluster_cidrs(&self) -> Vec<String> {
+        std::iter::once(self.cluster_cidr.to_string())
+            .chain(self.v6.as_ref().map(|v| v.cluster_cidr.to_string()))
+            .collect()
+    }
+
     /// 10.244.N.0/24, gateway .1, pods .2 to .254.
     pub fn for_node(index: u8) -> Self {
         let at = |host| Ipv4Addr::new(10, 244, index, host);
@@ -90,20 +141,36 @@ impl PodRange {
             gateway: at(1),
             range_start: at(2),
             range_end: at(254),
+            v6: None,
         }
     }
 
-    /// The `ipam` object for the reference host-local plugin.
+    /// The `ipam` object for the reference host-local plugin: one range set per family.
     pub fn host_local_ipam(&self) -> serde_json::Value {
-        serde_json::json!({
-            "type": "host-local",
-            "ranges": [[{
-                "subnet": self.cluster_cidr.to_string(),
-                "rangeStart": self.range_start.to_string(),
-                "rangeEnd": self.range_end.to_string(),
-                "gateway": self.gateway.to_string(),
-            }]],
-        })
+        let mut ranges = vec![serde_json::json!([{
+            "subnet": self.cluster_cidr.to_string(),
+            "rangeStart": self.range_start.to_string(),
+            "rangeEnd": self.range_end.to_string(),
+            "gateway": self.gateway.to_string(),
+        }])];
+        if let Some(v6) = &self.v6 {
+            ranges.push(serde_json::json!([{
+                "subnet": v6.cluster_cidr.to_string(),
+                "rangeStart": v6.range_start.to_string(),
+                "rangeEnd": v6.range_end.to_string(),
+                "gateway": v6.gateway.to_string(),
+            }]));
+        }
+        serde_json::json!({ "type": "host-local", "ranges": ranges })
+    }
+
+    /// host-local's `routes`: a default route per family.
+    pub fn default_routes(&self) -> serde_json::Value {
+        let mut routes = vec![serde_json::json!({ "dst": "0.0.0.0/0" })];
+        if self.v6.is_some() {
+            routes.push(serde_json::json!({ "dst": "::/0" }));
+        }
+        serde_json::Value::Array(routes)
     }
 }
 

@@ -4,7 +4,7 @@
 //! loss of a first packet while ARP resolves.
 
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -24,7 +24,8 @@ pub struct Pair {
     /// Index of the pinging pod in the matrix's `pods`.
     pub from: usize,
     pub to: Target,
-    pub ip: Ipv4Addr,
+    /// The address pinged: a dual-stack pod is pinged on both.
+    pub ip: IpAddr,
 }
 
 /// What a pod pings.
@@ -51,24 +52,34 @@ pub struct Matrix {
     pub elapsed: Duration,
 }
 
-/// Every pair of wired pods both ways, plus each pod to its gateway. Pure.
+/// Every pair of wired pods both ways, plus each pod to its gateway, over every address
+/// family the pods have (dual-stack: IPv4 and IPv6). Pure.
 pub fn plan(pods: &[Pod]) -> Vec<Pair> {
     let mut pairs = Vec::new();
     for (i, from) in pods.iter().enumerate() {
         for (j, to) in pods.iter().enumerate() {
-            if let (true, Some(ip)) = (i != j, to.ip) {
+            if i == j {
+                continue;
+            }
+            let v4 = to.ip.map(|n| IpAddr::V4(n.addr()));
+            let v6 = to
+                .ip6
+                .filter(|_| from.ip6.is_some())
+                .map(|n| IpAddr::V6(n.addr()));
+            for ip in v4.into_iter().chain(v6) {
                 pairs.push(Pair {
                     from: i,
                     to: Target::Pod(j),
-                    ip: ip.addr(),
+                    ip,
                 });
             }
         }
-        if let Some(gw) = from.gateway {
+        let gateways = from.gateway.map(IpAddr::V4).into_iter();
+        for ip in gateways.chain(from.gateway6.map(IpAddr::V6)) {
             pairs.push(Pair {
                 from: i,
                 to: Target::Gateway,
-                ip: gw,
+                ip,
             });
         }
     }
@@ -83,7 +94,7 @@ pub fn run(state: &LabState) -> Matrix {
 
 /// Runs `probe` for every pair of [`plan`] on [`POOL`] threads. `probe`
 /// returns how many attempts it took, or `None` if it never succeeded.
-pub fn run_pairs(pods: Vec<Pod>, probe: impl Fn(&Pod, Ipv4Addr) -> Option<u32> + Sync) -> Matrix {
+pub fn run_pairs(pods: Vec<Pod>, probe: impl Fn(&Pod, IpAddr) -> Option<u32> + Sync) -> Matrix {
     let start = Instant::now();
     let pairs = plan(&pods);
     let next = AtomicUsize::new(0);
@@ -117,8 +128,8 @@ pub fn run_pairs(pods: Vec<Pod>, probe: impl Fn(&Pod, Ipv4Addr) -> Option<u32> +
 }
 
 /// `ip netns exec POD ping -c1 -W1 IP`, up to `attempts` times.
-pub fn ping(pod: &Pod, ip: Ipv4Addr, attempts: u32) -> Option<u32> {
-    let ip = ip.to_string();
+pub fn ping(pod: &Pod, ip: impl Into<IpAddr>, attempts: u32) -> Option<u32> {
+    let ip = ip.into().to_string();
     (1..=attempts).find(|_| cmd::succeeds(pod.netns.command("ping").args(["-c1", "-W1", &ip])))
 }
 
@@ -151,11 +162,20 @@ impl Matrix {
         out.push('\n');
         for (i, name) in names.iter().enumerate() {
             let _ = write!(out, "{name:<width$}");
+            // Every address of the target (both families of a dual-stack pod) must answer.
             let cell = |to: Target| {
-                self.probes
+                let probes: Vec<&Probe> = self
+                    .probes
                     .iter()
-                    .find(|p| p.pair.from == i && p.pair.to == to)
-                    .map_or("-", |p| if p.ok { "ok" } else { "FAIL" })
+                    .filter(|p| p.pair.from == i && p.pair.to == to)
+                    .collect();
+                if probes.is_empty() {
+                    "-"
+                } else if probes.iter().all(|p| p.ok) {
+                    "ok"
+                } else {
+                    "FAIL"
+                }
             };
             for j in 0..names.len() {
                 let c = if i == j { "." } else { cell(Target::Pod(j)) };
@@ -215,9 +235,31 @@ mod tests {
     }
 
     #[test]
+    fn dual_stack_pods_are_pinged_on_both_families() {
+        let mut ps = pods(3);
+        for (i, p) in ps.iter_mut().enumerate() {
+            p.ip6 = Some(format!("fd00:10:244:1::{}/48", i + 2).parse().unwrap());
+            p.gateway6 = Some("fd00:10:244:1::1".parse().unwrap());
+        }
+        let pairs = plan(&ps);
+        assert_eq!(pairs.len(), 2 * (3 * 2 + 3));
+        assert_eq!(pairs.iter().filter(|p| p.ip.is_ipv6()).count(), 3 * 2 + 3);
+        // An IPv4-only pod pings nobody over IPv6, and is pinged over IPv4 only.
+        ps[0].ip6 = None;
+        ps[0].gateway6 = None;
+        let all = plan(&ps);
+        let v6: Vec<&Pair> = all.iter().filter(|p| p.ip.is_ipv6()).collect();
+        assert_eq!(v6.len(), 2 + 2);
+        assert!(v6.iter().all(|p| p.from != 0));
+        // The table: a cell is ok only when every family answered.
+        let m = run_pairs(ps, |_, ip| ip.is_ipv4().then_some(1));
+        assert!(m.render().contains("FAIL"), "{}", m.render());
+    }
+
+    #[test]
     fn run_reports_every_pair_in_order() {
         let ps = pods(4);
-        let bad: Ipv4Addr = "10.244.1.3".parse().unwrap();
+        let bad: IpAddr = "10.244.1.3".parse().unwrap();
         let m = run_pairs(ps, |_, ip| (ip != bad).then_some(2));
         assert_eq!(m.probes.len(), 4 * 3 + 4);
         assert_eq!(

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cni::runtime::{Exec, NetworkConfigList, RuntimeConf};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -92,6 +92,11 @@ pub struct Pod {
     pub gateway: Option<Ipv4Addr>,
     pub mac: Option<String>,
     pub mtu: Option<u32>,
+    /// Dual-stack pods (`--ip-family dual`): the IPv6 address and gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Net>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<std::net::Ipv6Addr>,
     /// hostPorts the pod asks for: passed to the chain as `runtimeConfig.portMappings`
     /// (on ADD and DEL alike, as a container runtime does).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -174,6 +179,8 @@ impl Pod {
             gateway: None,
             mac: None,
             mtu: None,
+            ip6: None,
+            gateway6: None,
             host_ports: Vec::new(),
             sandbox: None,
         }
@@ -371,6 +378,19 @@ fn describe(pod: &Pod, result: &cni::types::Result) -> Result<Pod> {
             pod: pod.name.clone(),
         });
     };
+    let v6 = result
+        .ips
+        .iter()
+        .find_map(|c| match (c.address, c.gateway) {
+            (IpNet::V6(net), gw) => Some((
+                net,
+                gw.and_then(|g| match g {
+                    std::net::IpAddr::V6(g) => Some(g),
+                    std::net::IpAddr::V4(_) => None,
+                }),
+            )),
+            _ => None,
+        });
     let out = cmd::run(&mut pod.netns.ip(["-j", "link", "show", "dev", &pod.ifname])).map_err(
         |source| Error::Inspect {
             pod: pod.name.clone(),
@@ -386,6 +406,8 @@ fn describe(pod: &Pod, result: &cni::types::Result) -> Result<Pod> {
         }),
         mac,
         mtu,
+        ip6: v6.map(|(net, _)| net),
+        gateway6: v6.and_then(|(_, gw)| gw),
         ..pod.clone()
     })
 }

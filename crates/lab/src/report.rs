@@ -156,8 +156,15 @@ pub fn pods_table(state: &LabState) -> String {
             vec![
                 p.name.clone(),
                 node,
-                opt(p.ip.map(|ip| ip.to_string())),
-                opt(p.gateway.map(|g| g.to_string())),
+                // A dual-stack pod: both addresses, IPv4 first.
+                opt(p.ip.map(|ip| match p.ip6 {
+                    Some(v6) => format!("{ip} {v6}"),
+                    None => ip.to_string(),
+                })),
+                opt(p.gateway.map(|g| match p.gateway6 {
+                    Some(v6) => format!("{g} {v6}"),
+                    None => g.to_string(),
+                })),
                 opt(p.mac.clone()),
                 opt(p.mtu.map(|m| m.to_string())),
             ]

@@ -66,6 +66,18 @@ pub enum Runtime {
     Containerd,
 }
 
+/// The pods' address families.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpFamily {
+    /// One IPv4 address per pod.
+    #[default]
+    Ipv4,
+    /// An IPv4 and an IPv6 address per pod (host-local with two ranges, both gateways on the
+    /// bridge, flaxd with two cluster CIDRs).
+    Dual,
+}
+
 /// Seconds a crashed node's flaxd stays a member in an etcd lab: short, so
 /// that a lab shows a crash within seconds (production uses 10 or more).
 pub const DEFAULT_LEASE_TTL: u32 = 3;
@@ -88,6 +100,8 @@ pub struct ClusterSpec {
     pub controller: bool,
     /// Who runs the pods' CNI chain.
     pub runtime: Runtime,
+    /// The pods' address families.
+    pub ip_family: IpFamily,
 }
 
 impl ClusterSpec {
@@ -104,6 +118,7 @@ impl ClusterSpec {
             lease_ttl: DEFAULT_LEASE_TTL,
             controller: false,
             runtime: Runtime::Cni,
+            ip_family: IpFamily::Ipv4,
         }
     }
 
@@ -147,9 +162,14 @@ impl ClusterSpec {
             .map(|i| {
                 let index = u8::try_from(i).expect("validated: at most MAX_NODES");
                 let role = self.topology.role(index);
+                let node = Node::plan(&self.name, index, role, &dir, self.underlay_mtu);
                 Node {
                     controller: self.controller,
-                    ..Node::plan(&self.name, index, role, &dir, self.underlay_mtu)
+                    pods: match self.ip_family {
+                        IpFamily::Ipv4 => node.pods.clone(),
+                        IpFamily::Dual => crate::node::PodRange::dual(index),
+                    },
+                    ..node
                 }
             })
             .collect();

@@ -117,7 +117,7 @@ async fn follow_once(
                 EventType::Put => match MemberRecord::parse(kv.value()) {
                     Ok(m) => {
                         if state.members.insert(name.clone(), m.clone()).as_ref() != Some(&m) {
-                            tracing::info!(node = name, vtep = %m.vtep, pod_cidr = ?m.pod_cidr, "node joined or changed");
+                            tracing::info!(node = name, vtep = %m.vtep, pod_cidrs = ?m.pod_cidrs, "node joined or changed");
                         }
                     }
                     Err(e) => {

@@ -59,10 +59,12 @@ pub struct EtcdConfig {
     pub lease_ttl: i64,
     pub node: String,
     pub vtep: IpAddr,
-    /// A fixed pod subnet; when `None`, one is allocated from `allocate`.
-    pub pod_cidr: Option<IpNet>,
-    /// The cluster CIDR and the length of each node's slice of it.
-    pub allocate: Option<(IpNet, u8)>,
+    /// Fixed pod subnets (at most one per family); a family without one gets a subnet
+    /// allocated from its cluster CIDR in `allocate`.
+    pub pod_cidrs: Vec<IpNet>,
+    /// The cluster CIDRs (one per family: dual-stack has two) and the length of each node's
+    /// slice of each.
+    pub allocate: Vec<(IpNet, u8)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +165,13 @@ async fn timed<T>(
         .await
         .map_err(|_| EtcdError::Timeout { step })?
         .map_err(|source| EtcdError::Request { step, source })
+}
+
+fn same_family(a: &IpNet, b: &IpNet) -> bool {
+    matches!(
+        (a, b),
+        (IpNet::V4(_), IpNet::V4(_)) | (IpNet::V6(_), IpNet::V6(_))
+    )
 }
 
 /// Every pod subnet allocation under `prefix` (subnet, owning node), and the revision it was
@@ -332,19 +341,52 @@ impl EtcdSource {
     ) -> Result<(), EtcdError> {
         let mut client = connect(&self.cfg.endpoints, &self.cfg.access).await?;
         let mut backoff = Backoff::standard();
-        let pod_cidr = loop {
-            let res = match (self.cfg.pod_cidr, self.cfg.allocate) {
-                (Some(c), _) => claim_subnet(&mut client, &self.cfg.prefix, &self.cfg.node, c)
-                    .await
-                    .map(|()| c),
-                (None, Some((cluster, len))) => match Slices::new(cluster, len) {
-                    Ok(s) => {
-                        allocate_subnet(&mut client, &self.cfg.prefix, &self.cfg.node, &s).await
+        // What each family needs: a fixed subnet to claim, or slices to allocate from
+        // (checked once: a length that cannot be cut is a configuration error).
+        let mut wanted: Vec<Result<IpNet, Slices>> = Vec::new();
+        for &(cluster, len) in &self.cfg.allocate {
+            match self.cfg.pod_cidrs.iter().find(|c| same_family(c, &cluster)) {
+                Some(&fixed) => wanted.push(Ok(fixed)),
+                None => wanted.push(Err(Slices::new(cluster, len)?)),
+            }
+        }
+        for &fixed in &self.cfg.pod_cidrs {
+            if !self
+                .cfg
+                .allocate
+                .iter()
+                .any(|(c, _)| same_family(c, &fixed))
+            {
+                wanted.push(Ok(fixed));
+            }
+        }
+        if wanted.is_empty() {
+            return Err(EtcdError::NoPodCidr);
+        }
+        let pod_cidrs = loop {
+            let mut res = Ok(Vec::new());
+            for want in &wanted {
+                let one = match want {
+                    Ok(c) => claim_subnet(&mut client, &self.cfg.prefix, &self.cfg.node, *c)
+                        .await
+                        .map(|()| c.trunc()),
+                    Err(s) => {
+                        allocate_subnet(&mut client, &self.cfg.prefix, &self.cfg.node, s).await
                     }
-                    Err(e) => return Err(e.into()),
-                },
-                (None, None) => return Err(EtcdError::NoPodCidr),
-            };
+                };
+                match one {
+                    Ok(c) => {
+                        if let Ok(all) = &mut res {
+                            all.push(c);
+                        }
+                    }
+                    Err(e) => {
+                        res = Err(e);
+                        break;
+                    }
+                }
+            }
+            let res = res.map(|all| crate::membership::pod_cidrs(&all).unwrap_or(all));
             match res {
                 Ok(c) => {
                     self.report_conflict(None);
@@ -368,10 +410,7 @@ impl EtcdSource {
                 _ = backoff.wait() => {}
             }
         };
-        let record = MemberRecord {
-            vtep: self.cfg.vtep,
-            pod_cidr: Some(pod_cidr),
-        };
+        let record = MemberRecord::new(self.cfg.vtep, &pod_cidrs);
         let reg = register::Registration {
             node: self.cfg.node.clone(),
             key: node_key(&self.cfg.prefix, &self.cfg.node),

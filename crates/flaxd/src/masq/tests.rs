@@ -227,7 +227,7 @@ fn snap(pod: Option<&str>) -> Snapshot {
         "n1".into(),
         Member {
             vtep: "192.0.2.1".parse().unwrap(),
-            pod_cidr: pod.map(net),
+            pod_cidrs: pod.map(net).into_iter().collect(),
         },
     );
     s
@@ -241,7 +241,7 @@ async fn creates_repairs_and_counts() {
         &fake,
         true,
         vec![net("10.244.0.0/16")],
-        None,
+        Vec::new(),
         "n1".into(),
         metrics.clone(),
     );
@@ -298,7 +298,7 @@ async fn disabled_creates_nothing_and_removes_ours() {
         &fake,
         false,
         vec![net("10.244.0.0/16")],
-        Some(net("10.244.1.0/24")),
+        vec![net("10.244.1.0/24")],
         "n1".into(),
         metrics.clone(),
     );

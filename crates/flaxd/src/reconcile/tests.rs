@@ -25,7 +25,7 @@ fn cfg() -> ReconcilerConfig {
             controllers: Vec::new(),
         },
         conflist: None,
-        pod_cidr: None,
+        pod_cidrs: Vec::new(),
         debounce: Duration::from_millis(100),
         resync: Duration::from_secs(60),
         retry: (Duration::from_millis(100), Duration::from_secs(5)),
@@ -35,7 +35,7 @@ fn cfg() -> ReconcilerConfig {
 fn member(ip: &str, cidr: Option<&str>) -> Member {
     Member {
         vtep: ip.parse().unwrap(),
-        pod_cidr: cidr.map(|c| c.parse().unwrap()),
+        pod_cidrs: cidr.into_iter().map(|c| c.parse().unwrap()).collect(),
     }
 }
 
@@ -130,7 +130,7 @@ async fn writes_the_conflist_once_the_pod_subnet_is_known() {
             controllers: Vec::new(),
             datapath: Datapath::Netdev,
             key: TunnelKey::Flow,
-            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
             underlay_mtu: 1500,
             vtep: "192.0.2.1".parse().unwrap(),
             ipam_data_dir: None,

@@ -62,8 +62,8 @@ impl Node {
             lease_ttl: ttl,
             node: self.name.clone(),
             vtep: self.vtep,
-            pod_cidr: None,
-            allocate: Some(("10.244.0.0/16".parse().unwrap(), 24)),
+            pod_cidrs: Vec::new(),
+            allocate: vec![("10.244.0.0/16".parse().unwrap(), 24)],
         }
     }
 
@@ -79,12 +79,12 @@ impl Node {
     /// flaxd with the etcd source and a fixed pod subnet (`--pod-cidr`), serving `/metrics`
     /// and `/healthz` on a loopback port.
     pub async fn start_etcd_fixed(&self, etcd: &[String], ttl: i64, pod_cidr: &str) -> Daemon {
-        let pod_cidr = Some(pod_cidr.parse().unwrap());
+        let pod_cidrs = vec![pod_cidr.parse().unwrap()];
         let mut cfg = self.config();
-        cfg.pod_cidr = pod_cidr;
+        cfg.pod_cidrs = pod_cidrs.clone();
         cfg.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
         let mut source = self.etcd_config(etcd, ttl);
-        source.pod_cidr = pod_cidr;
+        source.pod_cidrs = pod_cidrs;
         Daemon::start(cfg, SourceConfig::Etcd(source))
             .await
             .expect("flaxd starts")
@@ -95,7 +95,11 @@ impl Node {
         eventually("the conflist", LONG, || async {
             let text = std::fs::read_to_string(&self.conflist).ok()?;
             let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-            Some(v["plugins"][0]["ipam"]["gateway"].as_str()?.to_owned())
+            Some(
+                v["plugins"][0]["ipam"]["ranges"][0][0]["gateway"]
+                    .as_str()?
+                    .to_owned(),
+            )
         })
         .await
     }

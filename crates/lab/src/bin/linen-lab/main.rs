@@ -9,7 +9,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use linen_lab::{
-    Cluster, ClusterSpec, LabState, Membership, Runtime, StopMode, Topology, ping, report, traffic,
+    Cluster, ClusterSpec, IpFamily, LabState, Membership, Runtime, StopMode, Topology, ping,
+    report, traffic,
 };
 
 #[derive(Parser)]
@@ -83,6 +84,10 @@ struct Shape {
     /// over CRI as kubelet asks (containerd; needs --membership etcd).
     #[arg(long, value_enum, default_value_t = RuntimeArg::Cni)]
     runtime: RuntimeArg,
+    /// The pods' address families: ipv4, or dual (an IPv4 and an IPv6 address per pod, from
+    /// 10.244.0.0/16 and fd00:10:244::/48; the ping matrix covers both).
+    #[arg(long, value_enum, default_value_t = IpFamilyArg::Ipv4)]
+    ip_family: IpFamilyArg,
 }
 
 impl Shape {
@@ -101,6 +106,10 @@ impl Shape {
             },
             lease_ttl: self.lease_ttl,
             controller: self.controller,
+            ip_family: match self.ip_family {
+                IpFamilyArg::Ipv4 => IpFamily::Ipv4,
+                IpFamilyArg::Dual => IpFamily::Dual,
+            },
             runtime: match self.runtime {
                 RuntimeArg::Cni => Runtime::Cni,
                 RuntimeArg::Containerd => Runtime::Containerd,
@@ -239,6 +248,12 @@ enum Command {
 enum TopologyArg {
     Mesh,
     Hub,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum IpFamilyArg {
+    Ipv4,
+    Dual,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
