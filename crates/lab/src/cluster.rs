@@ -312,7 +312,7 @@ impl Cluster {
     pub fn verify_underlay(&self) -> Result<()> {
         for from in &self.state.nodes {
             for to in self.state.nodes.iter().filter(|n| n.index != from.index) {
-                let ip = to.underlay_ip.addr().to_string();
+                let ip = to.vtep().to_string();
                 let what = format!("{} to ping {}", from.name, to.name);
                 let mut ping = || {
                     let mut cmd = from.netns.command("ping");

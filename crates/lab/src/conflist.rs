@@ -43,7 +43,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// address (linen skips its own); the hub lists every spoke; a spoke lists
 /// only the hub.
 pub fn vtep_ips(state: &LabState, node: &Node) -> Vec<IpAddr> {
-    let ip = |n: &Node| IpAddr::V4(n.underlay_ip.addr());
+    let ip = |n: &Node| n.vtep();
     match node.role {
         Role::Peer => state.nodes.iter().map(ip).collect(),
         Role::Hub => state

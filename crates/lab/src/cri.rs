@@ -463,7 +463,7 @@ fn describe(node: &Node, pod: &Pod, sandbox: &str) -> Result<Pod> {
             .as_ref()
             .map(|v| v.gateway)
             .filter(|_| ip6.is_some()),
-        gateway: Some(node.pods.gateway),
+        gateway: Some(node.pods.gateway).filter(|_| ip.is_some()),
         mac,
         mtu,
         sandbox: Some(sandbox.to_owned()),

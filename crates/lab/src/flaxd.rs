@@ -179,7 +179,7 @@ pub fn args(node: &Node, etcd: &Etcd) -> Vec<String> {
         format!("--etcd-cert={}", node.etcd_client_files().cert.display()),
         format!("--etcd-key={}", node.etcd_client_files().key.display()),
         format!("--node-name={}", node.name),
-        format!("--vtep={}", node.underlay_ip.addr()),
+        format!("--vtep={}", node.vtep()),
         format!("--underlay-mtu={}", node.underlay_mtu),
         format!("--ovsdb=unix:{}", node.ovsdb_socket.display()),
         format!("--bridge={OVS_BRIDGE}"),
@@ -314,7 +314,7 @@ pub fn await_conflist(node: &Node, limit: Duration) -> Result<Value> {
     let found = conf["plugins"][0]["ipam"]["ranges"][0][0]["gateway"]
         .as_str()
         .unwrap_or_default();
-    let planned = node.pods.gateway.to_string();
+    let planned = node.pods.first_gateway();
     if found != planned {
         return Err(Error::PodRange {
             node: node.name.clone(),
@@ -333,7 +333,7 @@ pub fn expected_remotes(state: &LabState, node: &Node) -> Vec<IpAddr> {
         .nodes
         .iter()
         .filter(|n| n.index != node.index)
-        .map(|n| IpAddr::V4(n.underlay_ip.addr()))
+        .map(Node::vtep)
         .collect()
 }
 

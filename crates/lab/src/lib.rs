@@ -65,7 +65,7 @@ pub use netns::{Netns, NetnsGuard};
 pub use node::{Node, PodRange, Role};
 pub use ovs::{Daemon, Ovs};
 pub use pod::Pod;
-pub use spec::{ClusterSpec, IpFamily, Membership, Runtime, Topology, default_dir};
+pub use spec::{ClusterSpec, IpFamily, Membership, Runtime, Topology, UnderlayFamily, default_dir};
 pub use state::{LabState, Owner};
 pub use underlay::Underlay;
 

@@ -172,15 +172,23 @@ impl Cluster {
             .nodes
             .first()
             .is_some_and(|n| n.pods.v6.is_some());
+        let v6_underlay = self
+            .state
+            .nodes
+            .first()
+            .is_some_and(|n| n.underlay_ip6.is_some());
         let node = Node {
             // Like the first node's: the lab was brought up with or without controllers,
             // single- or dual-stack.
             controller: self.state.nodes.first().is_some_and(|n| n.controller),
-            pods: if dual {
-                crate::node::PodRange::dual(index)
-            } else {
-                crate::node::PodRange::for_node(index)
+            pods: match self.state.nodes.first().map(|n| &n.pods) {
+                Some(first) if first.v6.is_some() && !first.v4 => {
+                    crate::node::PodRange::ipv6_only(index)
+                }
+                _ if dual => crate::node::PodRange::dual(index),
+                _ => crate::node::PodRange::for_node(index),
             },
+            underlay_ip6: v6_underlay.then(|| Node::underlay_ip6_for(index)),
             ..Node::plan(
                 &self.state.name,
                 index,

@@ -81,9 +81,16 @@ pub struct PodRange {
     pub gateway: Ipv4Addr,
     pub range_start: Ipv4Addr,
     pub range_end: Ipv4Addr,
-    /// Dual-stack (`--ip-family dual`): the node's IPv6 pods too.
+    /// Dual-stack (`--ip-family dual`) or IPv6-only (`ipv6`): the node's IPv6 pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub v6: Option<PodRange6>,
+    /// Pods get an IPv4 address (false: IPv6-only pods, `--ip-family ipv6`).
+    #[serde(default = "yes", skip_serializing_if = "Clone::clone")]
+    pub v4: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The IPv6 pod addresses of one node: `fd00:10:244:N::/64`, gateway `::1`, pods from `::2`.
@@ -120,14 +127,16 @@ impl PodRange {
 
     /// The node's pod subnets: IPv4, then IPv6 when dual-stack (flaxd's `--pod-cidr`).
     pub fn node_cidrs(&self) -> Vec<String> {
-        std::iter::once(self.node_cidr.to_string())
+        let v4 = self.v4.then(|| self.node_cidr.to_string());
+        v4.into_iter()
             .chain(self.v6.as_ref().map(|v| v.node_cidr.to_string()))
             .collect()
     }
 
     /// The cluster CIDRs: IPv4, then IPv6 when dual-stack (flaxd's `--cluster-cidr`).
     pub fn cluster_cidrs(&self) -> Vec<String> {
-        std::iter::once(self.cluster_cidr.to_string())
+        let v4 = self.v4.then(|| self.cluster_cidr.to_string());
+        v4.into_iter()
             .chain(self.v6.as_ref().map(|v| v.cluster_cidr.to_string()))
             .collect()
     }
@@ -142,17 +151,37 @@ impl PodRange {
             range_start: at(2),
             range_end: at(254),
             v6: None,
+            v4: true,
+        }
+    }
+
+    /// IPv6 pods only: the node's IPv6 subnet (the IPv4 fields stay planned, unused).
+    pub fn ipv6_only(index: u8) -> Self {
+        Self {
+            v4: false,
+            ..Self::dual(index)
+        }
+    }
+
+    /// The gateway of the first range host-local hands out (IPv4 unless IPv6-only).
+    pub fn first_gateway(&self) -> String {
+        match (&self.v6, self.v4) {
+            (Some(v6), false) => v6.gateway.to_string(),
+            _ => self.gateway.to_string(),
         }
     }
 
     /// The `ipam` object for the reference host-local plugin: one range set per family.
     pub fn host_local_ipam(&self) -> serde_json::Value {
-        let mut ranges = vec![serde_json::json!([{
-            "subnet": self.cluster_cidr.to_string(),
-            "rangeStart": self.range_start.to_string(),
-            "rangeEnd": self.range_end.to_string(),
-            "gateway": self.gateway.to_string(),
-        }])];
+        let mut ranges = Vec::new();
+        if self.v4 {
+            ranges.push(serde_json::json!([{
+                "subnet": self.cluster_cidr.to_string(),
+                "rangeStart": self.range_start.to_string(),
+                "rangeEnd": self.range_end.to_string(),
+                "gateway": self.gateway.to_string(),
+            }]));
+        }
         if let Some(v6) = &self.v6 {
             ranges.push(serde_json::json!([{
                 "subnet": v6.cluster_cidr.to_string(),
@@ -166,7 +195,10 @@ impl PodRange {
 
     /// host-local's `routes`: a default route per family.
     pub fn default_routes(&self) -> serde_json::Value {
-        let mut routes = vec![serde_json::json!({ "dst": "0.0.0.0/0" })];
+        let mut routes = Vec::new();
+        if self.v4 {
+            routes.push(serde_json::json!({ "dst": "0.0.0.0/0" }));
+        }
         if self.v6.is_some() {
             routes.push(serde_json::json!({ "dst": "::/0" }));
         }
@@ -189,6 +221,11 @@ pub struct Node {
     pub ovsdb_socket: PathBuf,
     /// Address and prefix on `br-phy`.
     pub underlay_ip: Ipv4Net,
+    /// With `--underlay ipv6`: an IPv6 address on `br-phy` too (`fd00:10:245:2::<i>/64`),
+    /// and the node's VTEP (the tunnels run over IPv6; etcd and flaxd's endpoint stay on
+    /// the IPv4 address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub underlay_ip6: Option<Ipv6Net>,
     pub underlay_mtu: u32,
     /// The veth end on the underlay bridge (in the underlay namespace).
     pub underlay_port: String,
@@ -222,6 +259,7 @@ impl Node {
                 UNDERLAY_SUBNET.prefix_len(),
             ),
             underlay_mtu,
+            underlay_ip6: None,
             underlay_port: format!("n{index}"),
             role,
             pods: PodRange::for_node(index),
@@ -235,9 +273,29 @@ impl Node {
         Ovs::new(self.netns.clone(), &self.run_dir)
     }
 
-    /// MTU for pods so that VXLAN frames fit the underlay.
+    /// The node's VTEP: its IPv6 underlay address when it has one, else its IPv4 one.
+    pub fn vtep(&self) -> std::net::IpAddr {
+        match self.underlay_ip6 {
+            Some(v6) => std::net::IpAddr::V6(v6.addr()),
+            None => std::net::IpAddr::V4(self.underlay_ip.addr()),
+        }
+    }
+
+    /// `fd00:10:245:2::<index>/64`: a node's IPv6 underlay address (`--underlay ipv6`).
+    pub fn underlay_ip6_for(index: u8) -> Ipv6Net {
+        Ipv6Net::new(
+            Ipv6Addr::new(0xfd00, 0x10, 0x245, 2, 0, 0, 0, u16::from(index)),
+            64,
+        )
+        .expect("a valid prefix")
+    }
+
+    /// MTU for pods so that VXLAN frames fit the underlay: the plugin's own rule (50 bytes
+    /// of overhead over IPv4 VTEPs, 70 over IPv6).
     pub fn pod_mtu(&self) -> u32 {
-        self.underlay_mtu - VXLAN_OVERHEAD
+        let overhead = linen::mtu::vxlan_overhead([&self.vtep()]);
+        linen::mtu::max_pod_mtu(self.underlay_mtu, overhead)
+            .unwrap_or(self.underlay_mtu - VXLAN_OVERHEAD)
     }
 
     /// `PROGRAM` inside the node namespace with `OVS_RUNDIR` and friends set,
@@ -287,6 +345,17 @@ impl Node {
         ];
         for (step, args) in steps {
             self.run(step, &mut self.netns.ip(args))?;
+        }
+        if let Some(v6) = self.underlay_ip6 {
+            // No duplicate address detection: the address is usable at once (the lab owns
+            // the underlay and gives every node its own).
+            let addr = v6.to_string();
+            self.run(
+                "set IPv6 underlay address",
+                &mut self
+                    .netns
+                    .ip(["addr", "replace", &addr, "dev", PHY_BRIDGE, "nodad"]),
+            )?;
         }
         Ok(())
     }
@@ -340,5 +409,35 @@ mod tests {
         assert_eq!(range["rangeStart"], "10.244.3.2");
         assert_eq!(range["rangeEnd"], "10.244.3.254");
         assert_eq!(range["gateway"], "10.244.3.1");
+        assert_eq!(ipam["ranges"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn dual_stack_and_ipv6_only_ranges() {
+        let dual = PodRange::dual(3);
+        let ipam = dual.host_local_ipam();
+        assert_eq!(ipam["ranges"][1][0]["subnet"], "fd00:10:244::/48");
+        assert_eq!(ipam["ranges"][1][0]["rangeStart"], "fd00:10:244:3::2");
+        assert_eq!(ipam["ranges"][1][0]["gateway"], "fd00:10:244:3::1");
+        assert_eq!(dual.node_cidrs(), ["10.244.3.0/24", "fd00:10:244:3::/64"]);
+        assert_eq!(dual.cluster_cidrs(), ["10.244.0.0/16", "fd00:10:244::/48"]);
+        assert_eq!(
+            dual.default_routes(),
+            serde_json::json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}])
+        );
+        assert_eq!(dual.first_gateway(), "10.244.3.1");
+        let v6 = PodRange::ipv6_only(3);
+        let ipam = v6.host_local_ipam();
+        assert_eq!(ipam["ranges"].as_array().unwrap().len(), 1);
+        assert_eq!(ipam["ranges"][0][0]["gateway"], "fd00:10:244:3::1");
+        assert_eq!(v6.node_cidrs(), ["fd00:10:244:3::/64"]);
+        assert_eq!(v6.default_routes(), serde_json::json!([{"dst": "::/0"}]));
+        assert_eq!(v6.first_gateway(), "fd00:10:244:3::1");
+        // Recorded in the state file and read back (v4 defaults to true for older states).
+        let back: PodRange = serde_json::from_value(serde_json::to_value(&v6).unwrap()).unwrap();
+        assert_eq!(back, v6);
+        let mut old = serde_json::to_value(PodRange::for_node(3)).unwrap();
+        old.as_object_mut().unwrap().remove("v4");
+        assert!(serde_json::from_value::<PodRange>(old).unwrap().v4);
     }
 }

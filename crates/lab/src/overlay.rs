@@ -117,7 +117,7 @@ pub fn desired(node: &Node, conflist: &Value) -> Result<(BridgeSpec, Vec<TunnelS
     };
     let plugin = conflist::linen_plugin(conflist).ok_or_else(|| config_err(None))?;
     let cfg = LinenConfig::from_json(plugin).map_err(|e| config_err(Some(e)))?;
-    let own = IpAddr::V4(node.underlay_ip.addr());
+    let own = node.vtep();
     Ok((cfg.bridge_spec(), cfg.tunnels(&[own])))
 }
 

@@ -63,7 +63,7 @@ pub enum Error {
         #[source]
         source: Box<cni::runtime::Error>,
     },
-    #[error("the CNI result of pod {pod} has no IPv4 address")]
+    #[error("the CNI result of pod {pod} has no address")]
     NoAddress { pod: String },
     #[error("read the interface of pod {pod}")]
     Inspect {
@@ -369,15 +369,10 @@ pub fn detach(exec: Option<(&Exec, &NetworkConfigList)>, node: &Node, pod: &Pod)
 /// The pod as the ADD result and its namespace describe it: the address from
 /// the result, MAC and MTU from the kernel (linen may have lowered the MTU).
 fn describe(pod: &Pod, result: &cni::types::Result) -> Result<Pod> {
-    let ip = result.ips.iter().find_map(|c| match c.address {
+    let v4 = result.ips.iter().find_map(|c| match c.address {
         IpNet::V4(net) => Some((net, c.gateway)),
         IpNet::V6(_) => None,
     });
-    let Some((ip, gateway)) = ip else {
-        return Err(Error::NoAddress {
-            pod: pod.name.clone(),
-        });
-    };
     let v6 = result
         .ips
         .iter()
@@ -391,6 +386,12 @@ fn describe(pod: &Pod, result: &cni::types::Result) -> Result<Pod> {
             )),
             _ => None,
         });
+    // An IPv4 address, an IPv6 one, or both (`--ip-family ipv4|ipv6|dual`).
+    if v4.is_none() && v6.is_none() {
+        return Err(Error::NoAddress {
+            pod: pod.name.clone(),
+        });
+    }
     let out = cmd::run(&mut pod.netns.ip(["-j", "link", "show", "dev", &pod.ifname])).map_err(
         |source| Error::Inspect {
             pod: pod.name.clone(),
@@ -399,8 +400,8 @@ fn describe(pod: &Pod, result: &cni::types::Result) -> Result<Pod> {
     )?;
     let (mac, mtu) = parse_link(&out);
     Ok(Pod {
-        ip: Some(ip),
-        gateway: gateway.and_then(|g| match g {
+        ip: v4.map(|(net, _)| net),
+        gateway: v4.and_then(|(_, gw)| gw).and_then(|g| match g {
             std::net::IpAddr::V4(g) => Some(g),
             std::net::IpAddr::V6(_) => None,
         }),

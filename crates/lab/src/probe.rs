@@ -170,6 +170,8 @@ impl Drop for PeerServer {
 pub struct OutsideHost {
     pub netns: Netns,
     pub ip: Ipv4Net,
+    /// On an IPv6 underlay (`--underlay ipv6`): `fd00:10:245:2::<same host number>/64` too.
+    pub ip6: Option<ipnet::Ipv6Net>,
 }
 
 impl OutsideHost {
@@ -193,7 +195,12 @@ impl OutsideHost {
             name: name.to_owned(),
             source,
         })?;
-        let host = OutsideHost { netns, ip };
+        let ip6 = state
+            .nodes
+            .iter()
+            .any(|n| n.underlay_ip6.is_some())
+            .then(|| crate::node::Node::underlay_ip6_for(ip.addr().octets()[3]));
+        let host = OutsideHost { netns, ip, ip6 };
         host.wire(state)?;
         Ok(host)
     }
@@ -221,6 +228,15 @@ impl OutsideHost {
             "address",
             &mut self.netns.ip(["addr", "add", &addr, "dev", NODE_UPLINK]),
         )?;
+        if let Some(ip6) = self.ip6 {
+            let addr = ip6.to_string();
+            run(
+                "IPv6 address",
+                &mut self
+                    .netns
+                    .ip(["addr", "add", &addr, "dev", NODE_UPLINK, "nodad"]),
+            )?;
+        }
         run(
             "bring up",
             &mut self.netns.ip(["link", "set", NODE_UPLINK, "up"]),

@@ -157,14 +157,8 @@ pub fn pods_table(state: &LabState) -> String {
                 p.name.clone(),
                 node,
                 // A dual-stack pod: both addresses, IPv4 first.
-                opt(p.ip.map(|ip| match p.ip6 {
-                    Some(v6) => format!("{ip} {v6}"),
-                    None => ip.to_string(),
-                })),
-                opt(p.gateway.map(|g| match p.gateway6 {
-                    Some(v6) => format!("{g} {v6}"),
-                    None => g.to_string(),
-                })),
+                opt(both(p.ip, p.ip6)),
+                opt(both(p.gateway, p.gateway6)),
                 opt(p.mac.clone()),
                 opt(p.mtu.map(|m| m.to_string())),
             ]
@@ -203,6 +197,16 @@ pub fn tunnels_table(nodes: &[NodeStatus]) -> String {
         }
     }
     table(&["NODE", "TUNNEL", "REMOTE", "PROTECTED", "SOURCE"], &rows)
+}
+
+/// A pod's IPv4 and IPv6 values, IPv4 first, space-separated; `None` when it has neither.
+fn both(v4: Option<impl ToString>, v6: Option<impl ToString>) -> Option<String> {
+    let all: Vec<String> = v4
+        .map(|a| a.to_string())
+        .into_iter()
+        .chain(v6.map(|a| a.to_string()))
+        .collect();
+    (!all.is_empty()).then(|| all.join(" "))
 }
 
 #[cfg(test)]

@@ -111,7 +111,9 @@ impl LabState {
 
     /// Pods with an address (wired by a successful ADD).
     pub fn wired_pods(&self) -> impl Iterator<Item = &Pod> {
-        self.pods.iter().filter(|p| p.ip.is_some())
+        self.pods
+            .iter()
+            .filter(|p| p.ip.is_some() || p.ip6.is_some())
     }
 }
 

@@ -9,8 +9,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use linen_lab::{
-    Cluster, ClusterSpec, IpFamily, LabState, Membership, Runtime, StopMode, Topology, ping,
-    report, traffic,
+    Cluster, ClusterSpec, IpFamily, LabState, Membership, Runtime, StopMode, Topology,
+    UnderlayFamily, ping, report, traffic,
 };
 
 #[derive(Parser)]
@@ -84,10 +84,15 @@ struct Shape {
     /// over CRI as kubelet asks (containerd; needs --membership etcd).
     #[arg(long, value_enum, default_value_t = RuntimeArg::Cni)]
     runtime: RuntimeArg,
-    /// The pods' address families: ipv4, or dual (an IPv4 and an IPv6 address per pod, from
-    /// 10.244.0.0/16 and fd00:10:244::/48; the ping matrix covers both).
+    /// The pods' address families: ipv4, ipv6 (from fd00:10:244::/48), or dual (an IPv4 and
+    /// an IPv6 address per pod, from 10.244.0.0/16 and fd00:10:244::/48; the ping matrix
+    /// covers both).
     #[arg(long, value_enum, default_value_t = IpFamilyArg::Ipv4)]
     ip_family: IpFamilyArg,
+    /// The VTEPs' address family: ipv4, or ipv6 (every node also gets fd00:10:245:2::<i>/64
+    /// and the tunnels run over IPv6; pods get 70 bytes less than the underlay MTU).
+    #[arg(long, value_enum, default_value_t = UnderlayArg::Ipv4)]
+    underlay: UnderlayArg,
 }
 
 impl Shape {
@@ -106,9 +111,14 @@ impl Shape {
             },
             lease_ttl: self.lease_ttl,
             controller: self.controller,
+            underlay: match self.underlay {
+                UnderlayArg::Ipv4 => UnderlayFamily::Ipv4,
+                UnderlayArg::Ipv6 => UnderlayFamily::Ipv6,
+            },
             ip_family: match self.ip_family {
                 IpFamilyArg::Ipv4 => IpFamily::Ipv4,
                 IpFamilyArg::Dual => IpFamily::Dual,
+                IpFamilyArg::Ipv6 => IpFamily::Ipv6,
             },
             runtime: match self.runtime {
                 RuntimeArg::Cni => Runtime::Cni,
@@ -251,8 +261,15 @@ enum TopologyArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum UnderlayArg {
+    Ipv4,
+    Ipv6,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum IpFamilyArg {
     Ipv4,
+    Ipv6,
     Dual,
 }
 
