@@ -202,6 +202,17 @@ mod tests {
         }
         assert!(parse_peers("[]").unwrap().is_empty());
         assert!(matches!(parse_peers(" \n"), Err(FileError::Empty)));
+        // A dual-stack peer: podCIDRs, one per family.
+        let dual =
+            "- name: a\n  vtep: 192.0.2.1\n  podCIDRs: [fd00:10:244:1::/64, 10.244.1.0/24]\n";
+        let m = parse_peers(dual).expect(dual);
+        let want: Vec<IpNet> = vec![
+            "10.244.1.0/24".parse().unwrap(),
+            "fd00:10:244:1::/64".parse().unwrap(),
+        ];
+        assert_eq!(m["a"].pod_cidrs, want);
+        let two_v4 = "- name: a\n  vtep: 192.0.2.1\n  podCIDRs: [10.244.1.0/24, 10.244.2.0/24]\n";
+        assert!(matches!(parse_peers(two_v4), Err(FileError::Peer { .. })));
     }
 
     #[test]
