@@ -88,7 +88,13 @@ pub fn run(spec: ClusterSpec, keep: bool, seconds: u32) -> Result<ExitCode> {
         _ => true,
     };
 
-    let passed = matrix.passed() && egress_ok;
+    // hostPort: flaxd's conflist chains portmap (a static lab's conflist does not).
+    let host_port_ok = match state.membership {
+        Membership::Etcd if pods > 0 => host_port(&mut cluster)?,
+        _ => true,
+    };
+
+    let passed = matrix.passed() && egress_ok && host_port_ok;
     if keep {
         let state = cluster.detach()?;
         crate::release();
@@ -122,6 +128,48 @@ pub fn run(spec: ClusterSpec, keep: bool, seconds: u32) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// A pod asking for hostPort 8080 (portmap, chained by flaxd's conflist) on node 1 is reached
+/// on node 1's address from another node (node 1 itself in a one-node lab); the pod's server
+/// says who it saw. The pod is deleted again (DEL releases the port). `Ok(false)` when the
+/// answer did not come from the asking node.
+pub fn host_port(cluster: &mut Cluster) -> Result<bool> {
+    let port: linen_lab::pod::PortMapping = "8080:80/tcp".parse().map_err(anyhow::Error::msg)?;
+    let state = cluster.state().clone();
+    let n1 = state.nodes.first().context("a lab without nodes")?;
+    let from = state.nodes.get(1).unwrap_or(n1);
+    let pod = cluster.add_pod_with_ports(&n1.name, std::slice::from_ref(&port))?;
+    let ip = pod.ip.context("the hostPort pod has no IPv4 address")?;
+    let at = SocketAddr::new(IpAddr::V4(n1.underlay_ip.addr()), port.host_port);
+    let seen = {
+        let _server = PeerServer::start(&pod.netns, SocketAddr::new(IpAddr::V4(ip.addr()), 80))?;
+        step(
+            &format!(
+                "hostPort: pod {} asks for {port}; {} connects to {at} (portmap DNAT to the pod)",
+                pod.short_name(),
+                from.name
+            ),
+            || {
+                Ok(wait::until(
+                    "the hostPort to answer",
+                    Duration::from_secs(20),
+                    || probe::ask(&from.netns, at, Duration::from_secs(2)).ok(),
+                )?)
+            },
+        )?
+    };
+    cluster.del_pod(&pod.name)?;
+    let ok = seen == from.underlay_ip.addr().to_string();
+    println!(
+        "    the pod behind {at} answered and saw {seen} ({})\n",
+        if ok {
+            "the connecting node"
+        } else {
+            "NOT the connecting node"
+        }
+    );
+    Ok(ok)
 }
 
 /// A pod opens a TCP connection to a host on the underlay that is not a node and has no
