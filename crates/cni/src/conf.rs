@@ -174,21 +174,35 @@ pub fn validate_container_id(id: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// CNI_IFNAME rule, the kernel's `dev_valid_name` as libcni words it: not
-/// empty, at most 15 bytes, not `.` or `..`, no `/`, `:` or whitespace. Code 4.
-pub fn validate_ifname(name: &str) -> Result<(), Error> {
-    let why = if name.is_empty() {
-        "is empty"
-    } else if name.len() > 15 {
-        "is longer than 15 characters"
+/// The kernel's `dev_valid_name`, on bytes (the one interface-name rule of the workspace:
+/// CNI_IFNAME here, and every name Linen looks up or passes on): 1 to 15 bytes, not `.` or
+/// `..`, and no `/`, `:`, NUL or byte the kernel's `isspace` counts (`\t \n \v \f \r`,
+/// space and 0xA0: so `brà`, whose UTF-8 ends in 0xA0, is refused, while `é` is not).
+pub fn is_valid_ifname(name: &str) -> bool {
+    ifname_problem(name).is_none()
+}
+
+fn ifname_problem(name: &str) -> Option<&'static str> {
+    let b = name.as_bytes();
+    if b.is_empty() {
+        Some("is empty")
+    } else if b.len() > 15 {
+        Some("is longer than 15 bytes")
     } else if name == "." || name == ".." {
-        "is . or .."
-    } else if name
-        .chars()
-        .any(|c| c == '/' || c == ':' || c.is_whitespace())
+        Some("is . or ..")
+    } else if b
+        .iter()
+        .any(|&c| matches!(c, b'/' | b':' | 0 | b'\t'..=b'\r' | b' ' | 0xa0))
     {
-        "contains / or : or whitespace"
+        Some("contains /, :, NUL or whitespace")
     } else {
+        None
+    }
+}
+
+/// CNI_IFNAME rule: [`is_valid_ifname`], with what is wrong. Code 4.
+pub fn validate_ifname(name: &str) -> Result<(), Error> {
+    let Some(why) = ifname_problem(name) else {
         return Ok(());
     };
     Err(Error::invalid_env(format!("CNI_IFNAME {why}")).with_details(name))
@@ -346,6 +360,8 @@ mod tests {
             "a b",
             "a\tb",
             "ééééééééé",
+            "a\0b",
+            "br\u{e0}",
         ] {
             assert_eq!(validate_ifname(bad).unwrap_err().code, 4, "{bad:?}");
         }

@@ -175,7 +175,7 @@ impl FileSource {
             }
             Err(e) => {
                 publisher.set_connected(false);
-                tracing::error!(path = %self.path.display(), error = %crate::reconcile::error_chain(&e), "peer file refused; keeping the last good membership");
+                tracing::error!(path = %self.path.display(), error = %linen::error::chain(&e), "peer file refused; keeping the last good membership");
             }
         }
     }

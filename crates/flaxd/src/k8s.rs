@@ -83,7 +83,7 @@ impl KubeSource {
                 Some(Err(e)) => {
                     publisher.set_connected(false);
                     let delay = backoff.next_delay();
-                    tracing::warn!(error = %crate::reconcile::error_chain(&e), retry_in = ?delay, "Kubernetes Node watch failed");
+                    tracing::warn!(error = %linen::error::chain(&e), retry_in = ?delay, "Kubernetes Node watch failed");
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep(delay) => {}

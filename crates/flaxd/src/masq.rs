@@ -429,7 +429,7 @@ impl<N: Nft> Masquerade<N> {
                 }
                 Err(e) => {
                     let delay = backoff.next_delay();
-                    let why = crate::reconcile::error_chain(&e);
+                    let why = linen::error::chain(&e);
                     tracing::error!(error = %why, retry_in = ?delay, "egress masquerade");
                     self.metrics.set_ip_masq_error(Some(why));
                     next = Instant::now() + delay;

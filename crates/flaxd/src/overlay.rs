@@ -54,7 +54,7 @@ impl OvsOverlay {
 
     async fn connection(&self) -> Result<Ovs, OvsError> {
         let mut conn = self.conn.lock().await;
-        if let Some(ovs) = conn.as_ref().filter(|o| !o.client().is_closed()) {
+        if let Some(ovs) = conn.as_ref().filter(|o| !o.is_closed()) {
             return Ok(ovs.clone());
         }
         let ovs = Ovs::connect(&self.addr).await?;
@@ -96,19 +96,10 @@ impl Overlay for OvsOverlay {
     }
 }
 
+/// The root row is there, or the question could not be answered (then the contention is
+/// reported as it is).
 async fn has_root_row(ovs: &Ovs) -> bool {
-    let select = ovsdb::Operation::select("Open_vSwitch", vec![]).columns(["_uuid"]);
-    match ovs
-        .client()
-        .transact(ovsdb::vswitch::DB, vec![select])
-        .await
-    {
-        Ok(res) => res
-            .first()
-            .and_then(|r| r.rows.as_ref())
-            .is_some_and(|rows| !rows.is_empty()),
-        Err(_) => true,
-    }
+    ovs.has_root_row().await.unwrap_or(true)
 }
 
 /// One call to [`RecordingOverlay::ensure`].

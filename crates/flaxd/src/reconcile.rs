@@ -226,9 +226,9 @@ impl<O: Overlay> Reconciler<O> {
                 }
                 Err(e) => {
                     let delay = backoff.next_delay();
-                    tracing::error!(error = %error_chain(&e), retry_in = ?delay, "reconcile failed");
+                    tracing::error!(error = %linen::error::chain(&e), retry_in = ?delay, "reconcile failed");
                     self.metrics
-                        .record_reconcile(started.elapsed(), Some(error_chain(&e)));
+                        .record_reconcile(started.elapsed(), Some(linen::error::chain(&e)));
                     retry_at = Some(Instant::now() + delay);
                 }
             }
@@ -246,21 +246,6 @@ fn release_freed_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
-}
-
-/// An error and its causes, `: `-separated, for logs and `/healthz`.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        cause = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

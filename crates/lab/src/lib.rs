@@ -106,14 +106,6 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// `error: cause: cause`, for logs where only a string fits.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
+/// `error: cause: cause`, for logs where only a string fits: linen's one rendering
+/// ([`linen::error::chain`]), each cause said once.
+pub use linen::error::chain as error_chain;

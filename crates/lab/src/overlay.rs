@@ -60,11 +60,7 @@ pub struct Tunnel {
 }
 
 fn block_on<T>(fut: impl Future<Output = T>) -> Result<T> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(Error::Runtime)?
-        .block_on(fut))
+    linen::ovs::block_on(fut).map_err(Error::Runtime)
 }
 
 /// Linen's tunnels on `node`'s overlay bridge; `None` while the bridge does

@@ -98,22 +98,39 @@ impl From<OvsError> for Error {
     }
 }
 
+/// The causes of `e` that its message (and the causes before them) do not already say,
+/// outermost first.
+pub fn causes(e: &dyn std::error::Error) -> Vec<String> {
+    let mut said = e.to_string();
+    let mut out = Vec::new();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !said.contains(&text) {
+            said.push_str(": ");
+            said.push_str(&text);
+            out.push(text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+/// An error and its causes, `: `-separated, each said once ([`causes`]): the one way every
+/// Linen binary (plugin, flaxd, lab, bench) renders an error chain for logs and `/healthz`.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    std::iter::once(e.to_string())
+        .chain(causes(e))
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
 impl Error {
     /// Maps an error to its CNI code. Every code Linen emits is decided here.
     pub fn to_cni(&self, verb: Verb) -> cni::Error {
         use cni::Error as E;
         let msg = self.to_string();
-        // The causes the message does not already say, outermost first.
-        let mut details = Vec::new();
-        let mut cause = std::error::Error::source(self);
-        while let Some(c) = cause {
-            let text = c.to_string();
-            if !msg.contains(&text) {
-                details.push(text);
-            }
-            cause = c.source();
-        }
-        let details = details.join(": ");
+        let details = causes(self).join(": ");
         let code = match self {
             Error::Ovs(ovs) => match (&**ovs, verb) {
                 (OvsError::Unreachable { .. } | OvsError::Ovsdb { .. }, Verb::Status) => {
@@ -293,5 +310,29 @@ mod tests {
         });
         let cni = err.to_cni(Verb::Add);
         assert!(cni.details.contains("No such file"), "{cni:?}");
+    }
+
+    #[test]
+    fn chain_says_every_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("{0}")]
+        struct Leaf(&'static str);
+        #[derive(Debug, thiserror::Error)]
+        #[error("{what}")]
+        struct Wrap {
+            what: &'static str,
+            #[source]
+            source: Box<dyn std::error::Error + Send + Sync>,
+        }
+        let e = Wrap {
+            what: "cannot apply",
+            source: Box::new(Wrap {
+                what: "transaction failed: timed out",
+                source: Box::new(Leaf("timed out")),
+            }),
+        };
+        assert_eq!(chain(&e), "cannot apply: transaction failed: timed out");
+        assert_eq!(causes(&e), ["transaction failed: timed out"]);
+        assert_eq!(chain(&Leaf("alone")), "alone");
     }
 }

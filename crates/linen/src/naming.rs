@@ -40,14 +40,8 @@ pub fn tunnel_port_name(remote: IpAddr) -> String {
 /// whose UTF-8 ends in 0xA0, is refused). For names Linen looks up or passes on (the
 /// CNI spec's CNI_IFNAME rule is the same); names Linen creates follow [`is_creatable_ifname`].
 pub fn is_valid_ifname(name: &str) -> bool {
-    let b = name.as_bytes();
-    !b.is_empty()
-        && b.len() <= MAX_IFNAME_LEN
-        && name != "."
-        && name != ".."
-        && !b
-            .iter()
-            .any(|&c| matches!(c, b'/' | b':' | 0 | b'\t'..=b'\r' | b' ' | 0xa0))
+    // One rule for the workspace, kept where CNI_IFNAME is checked.
+    cni::conf::is_valid_ifname(name)
 }
 
 /// Whether Linen may create an interface (an OVS bridge, whose internal port is a kernel

@@ -103,8 +103,21 @@ impl Ovs {
         Ok(Ovs { client })
     }
 
-    pub fn client(&self) -> &Client {
-        &self.client
+    /// The connection is gone (the server closed it or the transport failed): a new
+    /// [`Ovs::connect`] is needed.
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// Whether the database has its root `Open_vSwitch` row: a fresh ovsdb-server whose
+    /// `ovs-vsctl init` has not run yet has none (and nothing can be applied until it has).
+    pub async fn has_root_row(&self) -> Result<bool> {
+        let select = Operation::select(OpenVSwitch::NAME, vec![]).columns(["_uuid"]);
+        let res = self.transact(vec![select], "read of the root row").await?;
+        Ok(res
+            .first()
+            .and_then(|r| r.rows.as_ref())
+            .is_some_and(|rows| !rows.is_empty()))
     }
 
     /// Reads the bridge named `bridge` with its ports, interfaces and controllers, and the
@@ -594,6 +607,16 @@ impl Ovs {
             .await
             .map_err(|source| OvsError::Ovsdb { step, source })
     }
+}
+
+/// Runs `fut` (OVSDB calls of an [`Ovs`]) to completion on a single-threaded runtime made for
+/// it: the way synchronous callers (the plugin, which does one thing per process; the lab)
+/// use this module. A current-thread runtime starts in microseconds.
+pub fn block_on<F: Future>(fut: F) -> std::io::Result<F::Output> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(fut))
 }
 
 /// Mutations that set `external_ids:key=value` whatever it held, and drop the keys in

@@ -95,14 +95,9 @@ fn pod_socket(args: &CmdArgs) -> Result<PodSocket> {
     })
 }
 
-/// Runs one verb on a single-threaded runtime: a plugin process does one thing at a time,
-/// and a current-thread runtime starts in microseconds.
+/// Runs one verb on a single-threaded runtime ([`crate::ovs::block_on`]).
 fn block_on<T>(fut: impl Future<Output = Result<T>>) -> Result<T> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(Error::Runtime)?
-        .block_on(fut)
+    crate::ovs::block_on(fut).map_err(Error::Runtime)?
 }
 
 /// What ADD and CHECK both work out from the configuration and the node.

@@ -45,7 +45,7 @@ pub async fn follow_members(
             }
             e => {
                 publisher.set_connected(false);
-                tracing::warn!(error = %crate::reconcile::error_chain(&e), "etcd membership watch failed; retrying");
+                tracing::warn!(error = %linen::error::chain(&e), "etcd membership watch failed; retrying");
             }
         }
         tokio::select! {
@@ -121,7 +121,7 @@ async fn follow_once(
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(node = name, key = %String::from_utf8_lossy(kv.key()), error = %crate::reconcile::error_chain(&e), "skipping malformed member record");
+                        tracing::warn!(node = name, key = %String::from_utf8_lossy(kv.key()), error = %linen::error::chain(&e), "skipping malformed member record");
                         state.members.remove(&name);
                     }
                 },
@@ -157,7 +157,7 @@ async fn list(client: &mut Client, prefix: &str) -> Result<Resume, EtcdError> {
                 members.insert(name, m);
             }
             Err(e) => {
-                tracing::warn!(node = name, error = %crate::reconcile::error_chain(&e), "skipping malformed member record");
+                tracing::warn!(node = name, error = %linen::error::chain(&e), "skipping malformed member record");
             }
         }
     }

@@ -396,13 +396,13 @@ impl EtcdSource {
                     // Not registered, no tunnels, no conflist: pods must not get addresses
                     // another node hands out. Checked again with backoff, so releasing the
                     // other allocation heals it.
-                    let why = crate::reconcile::error_chain(&e);
+                    let why = linen::error::chain(&e);
                     tracing::error!(error = %why, "pod subnet conflict; not joining");
                     self.report_conflict(Some(why));
                 }
                 Err(e) => {
                     publisher.set_connected(false);
-                    tracing::warn!(error = %crate::reconcile::error_chain(&e), "cannot get a pod subnet yet; retrying");
+                    tracing::warn!(error = %linen::error::chain(&e), "cannot get a pod subnet yet; retrying");
                 }
             }
             tokio::select! {

@@ -169,7 +169,7 @@ pub(crate) async fn keep_registered(
         if let (EtcdError::RecordLost { .. }, Some(m)) = (&e, metrics) {
             m.set_not_member(Some(e.to_string()));
         }
-        tracing::warn!(error = %crate::reconcile::error_chain(&e), "etcd registration interrupted; registering again");
+        tracing::warn!(error = %linen::error::chain(&e), "etcd registration interrupted; registering again");
         // Registering again takes several requests in a row, and with one etcd member
         // down a share of them fail (the client's balancer still routes some to it): the
         // held lease is renewed on its own first, so it never expires while the chain is
@@ -190,7 +190,7 @@ async fn hold_lease(client: &mut Client, lease: i64) {
             // Renewed, or expired (nothing to hold: registering again grants a new one).
             Ok(_) => return,
             Err(e) => {
-                tracing::debug!(lease, attempt, error = %crate::reconcile::error_chain(&e), "cannot renew the lease yet");
+                tracing::debug!(lease, attempt, error = %linen::error::chain(&e), "cannot renew the lease yet");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
@@ -472,7 +472,7 @@ pub(crate) async fn renew_once(client: &mut Client, lease: i64) {
         ),
         Ok(Ok(_)) => tracing::warn!(lease, "the lease had already expired"),
         Ok(Err(e)) => {
-            tracing::warn!(lease, error = %crate::reconcile::error_chain(&e), "cannot renew the lease on the way out")
+            tracing::warn!(lease, error = %linen::error::chain(&e), "cannot renew the lease on the way out")
         }
         Err(_) => tracing::warn!(
             lease,
