@@ -65,13 +65,7 @@ fn dual_stack_pods_ping_across_nodes_over_both_families_with_flaxd() {
         "n1's masquerade rules for both families",
         Duration::from_secs(20),
         || {
-            let out = n1
-                .netns
-                .command("nft")
-                .args(["list", "table", "inet", "linen"])
-                .output()
-                .ok()?;
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let text = common::linen_table(n1)?;
             (text.contains("ip saddr 10.244.1.0/24")
                 && text.contains("ip6 saddr fd00:10:244:1::/64"))
             .then_some(text)
@@ -226,13 +220,7 @@ fn ipv6_only_pods_on_an_ipv6_underlay() {
     assert_eq!(ipam["ranges"][0][0]["subnet"], "fd00:10:244::/48");
     assert_eq!(ipam["routes"], serde_json::json!([{"dst": "::/0"}]));
     let table = eventually("n1's ip6 masquerade rule", Duration::from_secs(20), || {
-        let out = n1
-            .netns
-            .command("nft")
-            .args(["list", "table", "inet", "linen"])
-            .output()
-            .ok()?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let text = common::linen_table(n1)?;
         text.contains("ip6 saddr fd00:10:244:1::/64")
             .then_some(text)
     });

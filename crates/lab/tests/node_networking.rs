@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::{TestLab, eventually};
+use common::{TestLab, eventually, linen_table};
 use linen_lab::pod::PortMapping;
 use linen_lab::probe::{OutsideHost, PeerServer, ask};
 use linen_lab::{Cluster, Node, StopMode};
@@ -25,14 +25,6 @@ fn nft(node: &Node, args: &[&str]) -> std::process::Output {
         .args(args)
         .output()
         .expect("run nft")
-}
-
-/// `nft list table inet linen` in the node, `None` when there is no such table.
-fn linen_table(node: &Node) -> Option<String> {
-    let out = nft(node, &["list", "table", "inet", "linen"]);
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn masq_rules(node: &Node) -> usize {

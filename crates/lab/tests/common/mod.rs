@@ -263,3 +263,17 @@ pub fn tunnels_of(node: &Node) -> std::collections::BTreeMap<std::net::IpAddr, T
 pub fn remotes_of(node: &Node) -> Vec<String> {
     tunnels_of(node).keys().map(ToString::to_string).collect()
 }
+
+/// `nft list table inet linen` in the node (flaxd's masquerade table), `None` when there is
+/// no such table.
+pub fn linen_table(node: &Node) -> Option<String> {
+    let out = node
+        .netns
+        .command("nft")
+        .args(["list", "table", "inet", "linen"])
+        .output()
+        .expect("run nft");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
