@@ -533,11 +533,9 @@ pub fn write_image(out: &Path) -> io::Result<()> {
         "aarch64" => "arm64",
         other => other,
     };
-    let diff_id = format!(
-        "sha256:{}",
-        hex(&ring::digest::digest(&ring::digest::SHA256, &layer))
-    );
     let (layer_digest, layer_size) = blob(layer);
+    // The layer is stored uncompressed: its diff ID is its blob digest.
+    let diff_id = layer_digest.clone();
     let config = serde_json::json!({
         "architecture": arch,
         "os": "linux",
